@@ -1,0 +1,264 @@
+"""The `keyturn` command: serve, migrate, cleanup, users, keys, audit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from keyturn.config import Settings, load_settings
+from keyturn.errors import ConfigError, KeyturnError
+
+T = TypeVar("T")
+
+EXIT_CONFIG = 2
+
+
+def _settings(host: str = "127.0.0.1", port: int = 8000) -> Settings:
+    try:
+        return load_settings(host=host, port=port)
+    except ConfigError as error:
+        print(f"keyturn: invalid configuration: {error.detail}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _with_keyturn(settings: Settings, job: Callable[..., Awaitable[T]]) -> T:
+    """Run one job against the database (migrated, keys loaded, no background tasks)."""
+    from keyturn.facade import Keyturn
+
+    async def main() -> T:
+        keyturn = Keyturn(settings)
+        await keyturn.start(background=False)
+        try:
+            return await job(keyturn)
+        finally:
+            await keyturn.stop()
+
+    return asyncio.run(main())
+
+
+def build_server_app() -> object:
+    """uvicorn's app factory: every worker builds its own app from the environment."""
+    from keyturn.facade import Keyturn
+    from keyturn.web.app import create_app
+
+    host = os.environ.get("KEYTURN_BIND_HOST", "127.0.0.1")
+    port = int(os.environ.get("KEYTURN_BIND_PORT", "8000"))
+    # Migrations already ran in the parent process.
+    return create_app(Keyturn(_settings(host, port), run_migrations=False))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from keyturn.facade import Keyturn
+    from keyturn.logs import configure_logging
+
+    host = args.host or os.environ.get("HOST") or "127.0.0.1"
+    port = args.port or int(os.environ.get("PORT") or 8000)
+    settings = _settings(host, port)
+    configure_logging()
+
+    async def prepare() -> None:
+        keyturn = Keyturn(settings)
+        await keyturn.start(background=False)
+        await keyturn.stop()
+
+    try:
+        asyncio.run(prepare())
+    except KeyturnError as error:
+        print(f"keyturn: cannot start: {error.detail}", file=sys.stderr)
+        return 1
+    os.environ["KEYTURN_BIND_HOST"] = host
+    os.environ["KEYTURN_BIND_PORT"] = str(port)
+    uvicorn.run(
+        "keyturn.cli:build_server_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        access_log=False,
+        log_config=None,
+        proxy_headers=False,  # X-Forwarded-For is judged by KEYTURN_TRUSTED_PROXIES, not uvicorn
+        server_header=False,
+        timeout_graceful_shutdown=20,
+    )
+    return 0
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    from keyturn.storage.database import Database
+    from keyturn.storage.migrate import upgrade
+
+    settings = _settings()
+
+    async def main() -> None:
+        database = Database(settings.database_url)
+        try:
+            await upgrade(database)
+        finally:
+            await database.dispose()
+
+    asyncio.run(main())
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_cleanup(_args: argparse.Namespace) -> int:
+    from keyturn.facade import Keyturn
+    from keyturn.tasks import purge_ended_sessions
+
+    interactive = sys.stderr.isatty()
+
+    def progress(sessions: int, tokens: int) -> None:
+        if sessions and (interactive or sessions % 100_000 == 0):
+            end = "\r" if interactive else "\n"
+            print(f"  … {sessions} sessions, {tokens} refresh tokens", end=end, file=sys.stderr)
+
+    async def job(keyturn: Keyturn) -> tuple[int, int] | None:
+        return await purge_ended_sessions(
+            keyturn.database, keyturn.sessions.purge_batch, on_progress=progress
+        )
+
+    result = _with_keyturn(_settings(), job)
+    if result is None:
+        print("another instance is cleaning up right now; nothing done")
+        return 0
+    print(f"removed {result[0]} sessions and {result[1]} refresh tokens")
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    from keyturn.facade import Keyturn
+
+    password = _read_password()
+
+    async def job(keyturn: Keyturn) -> str:
+        user = await keyturn.accounts.create_user(
+            args.email, password, name=args.name, is_admin=args.admin
+        )
+        return user.id
+
+    user_id = _with_keyturn(_settings(), job)
+    print(f"created user {user_id}{' (admin)' if args.admin else ''}")
+    return 0
+
+
+def cmd_users_promote(args: argparse.Namespace) -> int:
+    from keyturn.facade import Keyturn
+
+    async def job(keyturn: Keyturn) -> str:
+        return (await keyturn.admin.promote(args.email)).id
+
+    print(f"user {_with_keyturn(_settings(), job)} is now an administrator")
+    return 0
+
+
+def cmd_keys_rotate(_args: argparse.Namespace) -> int:
+    from keyturn.facade import Keyturn
+
+    async def job(keyturn: Keyturn) -> str:
+        return await keyturn.keys.rotate()
+
+    print(f"new signing key {_with_keyturn(_settings(), job)} is active")
+    return 0
+
+
+def cmd_audit_verify(_args: argparse.Namespace) -> int:
+    from keyturn.facade import Keyturn
+    from keyturn.services.audit import ChainReport
+
+    async def job(keyturn: Keyturn) -> ChainReport:
+        return await keyturn.audit.verify()
+
+    report = _with_keyturn(_settings(), job)
+    if report.broken is None:
+        print(f"audit log intact: {report.events_checked} events verified")
+        return 0
+    broken = report.broken
+    name = broken.event_id or f"(missing event, seq {broken.seq})"
+    print(f"audit log broken at event {name} (seq {broken.seq}): {broken.reason}")
+    return 1
+
+
+def cmd_audit_prune(args: argparse.Namespace) -> int:
+    from keyturn.facade import Keyturn
+
+    try:
+        before = datetime.fromisoformat(args.before)
+    except ValueError:
+        print(f"keyturn: --before must be an ISO 8601 date, got {args.before!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    if before.tzinfo is None:
+        before = before.replace(tzinfo=UTC)
+
+    async def job(keyturn: Keyturn) -> int:
+        return await keyturn.audit.prune(before)
+
+    print(f"removed {_with_keyturn(_settings(), job)} audit events")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="keyturn", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(run=cmd_serve)
+
+    commands.add_parser("migrate", help="bring the schema up to date").set_defaults(run=cmd_migrate)
+    commands.add_parser("cleanup", help="delete ended sessions now").set_defaults(run=cmd_cleanup)
+
+    users = commands.add_parser("users", help="manage accounts").add_subparsers(
+        dest="users_command", required=True
+    )
+    create = users.add_parser("create", help="create an account; password on standard input")
+    create.add_argument("email")
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--name")
+    create.set_defaults(run=cmd_users_create)
+    promote = users.add_parser("promote", help="make an account an administrator")
+    promote.add_argument("email")
+    promote.set_defaults(run=cmd_users_promote)
+
+    keys = commands.add_parser("keys", help="signing keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    keys.add_parser("rotate", help="activate a new signing key").set_defaults(run=cmd_keys_rotate)
+
+    audit = commands.add_parser("audit", help="the audit log").add_subparsers(
+        dest="audit_command", required=True
+    )
+    audit.add_parser("verify", help="check the hash chain").set_defaults(run=cmd_audit_verify)
+    prune = audit.add_parser("prune", help="remove events older than a date")
+    prune.add_argument("--before", required=True)
+    prune.set_defaults(run=cmd_audit_prune)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except KeyturnError as error:
+        print(f"keyturn: {error.detail}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

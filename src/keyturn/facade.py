@@ -1,0 +1,169 @@
+"""`Keyturn`: settings in; services, routers and dependencies out. The server uses it too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from keyturn.config import Settings, load_settings
+from keyturn.security.passwords import PasswordHasher
+from keyturn.services.accounts import AccountService
+from keyturn.services.admin import AdminService
+from keyturn.services.audit import AuditService
+from keyturn.services.context import Clock, system_clock
+from keyturn.services.keys import KeyService
+from keyturn.services.sessions import SessionService
+from keyturn.services.throttle import Throttle
+from keyturn.storage import migrate
+from keyturn.storage.database import Database
+from keyturn.tasks import purge_ended_sessions, run_every
+from keyturn.web.dependencies import Dependencies, build_dependencies
+from keyturn.web.middleware import KeyturnMiddleware
+from keyturn.web.problems import install_handlers
+
+log = logging.getLogger("keyturn")
+
+
+class Keyturn:
+    """Everything keyturn is, for one database.
+
+    A host app mounts `keyturn.router`, protects its own routes with `keyturn.current_user`
+    (or `current_session`, `fresh_session`, `admin`), and runs `keyturn.lifespan`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: Clock = system_clock,
+        prefix: str = "",
+        run_migrations: bool = True,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self.clock = clock
+        self.prefix = prefix
+        self.run_migrations = run_migrations
+        self.database = Database(self.settings.database_url)
+        self.hasher = PasswordHasher(
+            self.settings.argon2, concurrency=self.settings.hash_concurrency
+        )
+        self.throttle = Throttle(
+            rate_limit=self.settings.rate_limit,
+            login_failure_limit=self.settings.login_failure_limit,
+            login_failure_window=self.settings.login_failure_window,
+            redis_url=self.settings.redis_url,
+        )
+        self.keys = KeyService(
+            self.database,
+            clock,
+            access_token_ttl=self.settings.access_token_ttl,
+            refresh_interval=self.settings.key_refresh_interval,
+        )
+        self.sessions = SessionService(self.database, self.settings, clock, self.keys)
+        self.accounts = AccountService(
+            self.database, self.settings, clock, self.hasher, self.sessions, self.throttle
+        )
+        self.admin = AdminService(self.database, clock, self.sessions)
+        self.audit = AuditService(self.database, clock)
+        self.dependencies: Dependencies = build_dependencies(self, token_url=f"{prefix}/auth/token")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._router: APIRouter | None = None
+
+    # --- what a host app uses --------------------------------------------------------------
+
+    @property
+    def current_user(self) -> Any:
+        return self.dependencies.current_user
+
+    @property
+    def current_session(self) -> Any:
+        return self.dependencies.current_session
+
+    @property
+    def principal(self) -> Any:
+        return self.dependencies.principal
+
+    @property
+    def fresh_session(self) -> Any:
+        """Demands the password was entered in this session within `KEYTURN_FRESH_AGE`."""
+        return self.dependencies.fresh_principal
+
+    @property
+    def admin_required(self) -> Any:
+        return self.dependencies.admin_principal
+
+    @property
+    def router(self) -> APIRouter:
+        """Every keyturn endpoint, ready for `app.include_router(keyturn.router)`."""
+        if self._router is None:
+            from keyturn.web.routers.admin import build_admin_router
+            from keyturn.web.routers.auth import build_auth_router
+            from keyturn.web.routers.me import build_me_router
+            from keyturn.web.routers.meta import build_meta_router
+
+            router = APIRouter(prefix=self.prefix)
+            for build in (
+                build_auth_router,
+                build_me_router,
+                build_admin_router,
+                build_meta_router,
+            ):
+                router.include_router(build(self))
+            self._router = router
+        return self._router
+
+    def install(self, app: FastAPI) -> None:
+        """Problem-details error handlers and keyturn's middleware on a host app."""
+        install_handlers(app)
+        app.add_middleware(KeyturnMiddleware, trusted_proxies=self.settings.trusted_proxies)
+
+    @asynccontextmanager
+    async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, *, background: bool = True) -> None:
+        if self.run_migrations:
+            await migrate.upgrade(self.database)
+        await self.keys.ensure_signing_key()
+        if background:
+            self._tasks.append(
+                asyncio.create_task(
+                    run_every(self.settings.key_refresh_interval, self.keys.reload, "key reload")
+                )
+            )
+            if self.settings.cleanup_interval > 0:
+                self._tasks.append(
+                    asyncio.create_task(
+                        run_every(self.settings.cleanup_interval, self.cleanup, "session cleanup")
+                    )
+                )
+
+    async def cleanup(self) -> tuple[int, int] | None:
+        """Purge ended sessions now; None if another instance is doing it."""
+        # A short pause between batches leaves the database to requests.
+        result = await purge_ended_sessions(self.database, self.sessions.purge_batch, pause=0.01)
+        if result is not None and result[0]:
+            log.info("cleanup removed %d sessions and %d refresh tokens", *result)
+        return result
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self.hasher.close()
+        await self.database.dispose()

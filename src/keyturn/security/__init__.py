@@ -1,0 +1,1 @@
+"""Pure security primitives: hashing, tokens, keys and JWTs. No database, no web framework."""

@@ -1,0 +1,148 @@
+"""Audit events: their types, how a use case records one, and reading and verifying the chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from keyturn.services.context import ClientInfo, Clock
+from keyturn.storage import audit as audit_store
+from keyturn.storage.database import Database
+from keyturn.storage.records import AuditEvent
+
+
+class EventType(StrEnum):
+    USER_REGISTERED = "user.registered"
+    LOGIN_SUCCEEDED = "login.succeeded"
+    LOGIN_FAILED = "login.failed"
+    SESSION_REFRESHED = "session.refreshed"
+    SESSION_REVOKED = "session.revoked"
+    REFRESH_TOKEN_REUSED = "refresh_token.reused"
+    PASSWORD_CHANGED = "password.changed"
+    PROFILE_UPDATED = "profile.updated"
+    EMAIL_CHANGED = "email.changed"
+    REAUTHENTICATED = "reauthenticated"
+    USER_DELETED = "user.deleted"
+    USER_DISABLED = "user.disabled"
+    USER_ENABLED = "user.enabled"
+    USER_PROMOTED = "user.promoted"
+    SESSIONS_REVOKED_BY_ADMIN = "admin.sessions_revoked"
+    KEY_ROTATED = "key.rotated"
+
+
+class RevokeReason(StrEnum):
+    LOGOUT = "logout"
+    USER = "user"
+    ADMIN = "admin"
+    PASSWORD_CHANGED = "password_changed"
+    REFRESH_TOKEN_REUSED = "refresh_token_reused"
+    ACCOUNT_DISABLED = "account_disabled"
+    ACCOUNT_DELETED = "account_deleted"
+
+
+def event(
+    type: EventType,
+    *,
+    now: datetime,
+    client: ClientInfo,
+    user_id: str | None = None,
+    session_id: str | None = None,
+    **detail: Any,
+) -> dict[str, Any]:
+    """One event, ready for `append_events` in the same transaction as the change it records.
+
+    `detail` must never hold a password, token or hash: callers pass reasons and field names.
+    """
+    return {
+        "type": str(type),
+        "occurred_at": now,
+        "user_id": user_id,
+        "session_id": session_id,
+        "ip": client.ip,
+        "user_agent": client.user_agent,
+        "detail": detail,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    """Where verification failed: the first event that does not fit, and why."""
+
+    event_id: str | None
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    events_checked: int
+    broken: ChainBreak | None
+
+    @property
+    def is_intact(self) -> bool:
+        return self.broken is None
+
+
+class AuditService:
+    def __init__(self, database: Database, clock: Clock) -> None:
+        self.database = database
+        self.clock = clock
+
+    async def list(
+        self,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        user_id: str | None = None,
+        type: str | None = None,
+    ) -> tuple[list[AuditEvent], int | None]:
+        """A page of events, newest first, and the cursor for the next page (None at the end)."""
+        async with self.database.read() as conn:
+            events = await audit_store.list_events(
+                conn, limit=limit + 1, before_seq=before_seq, user_id=user_id, type=type
+            )
+        if len(events) > limit:
+            return events[:limit], events[limit - 1].seq
+        return events, None
+
+    async def record(self, *events: dict[str, Any]) -> None:
+        """Events that stand alone (no other change to commit with them)."""
+        async with self.database.write() as conn:
+            await audit_store.append_events(conn, list(events))
+
+    async def verify(self) -> ChainReport:
+        """Walk the chain from its anchor; report the first event changed, removed or moved."""
+        async with self.database.read() as conn:
+            head = await audit_store.chain_head(conn)
+            expected_seq, expected_prev = head.pruned_through_seq + 1, head.pruned_hash
+            checked = 0
+            async for item in audit_store.iterate_events(conn, after_seq=head.pruned_through_seq):
+                if item.seq != expected_seq:
+                    return ChainReport(checked, ChainBreak(item.id, item.seq, "missing_before"))
+                if item.prev_hash != expected_prev:
+                    return ChainReport(checked, ChainBreak(item.id, item.seq, "broken_link"))
+                recomputed = audit_store.canonical_hash(
+                    seq=item.seq,
+                    event_id=item.id,
+                    type=item.type,
+                    occurred_at=item.occurred_at,
+                    user_id=item.user_id,
+                    session_id=item.session_id,
+                    ip=item.ip,
+                    user_agent=item.user_agent,
+                    detail=item.detail,
+                    prev_hash=item.prev_hash,
+                )
+                if recomputed != item.hash:
+                    return ChainReport(checked, ChainBreak(item.id, item.seq, "content_changed"))
+                checked += 1
+                expected_seq, expected_prev = item.seq + 1, item.hash
+            if expected_seq - 1 != head.last_seq or expected_prev != head.last_hash:
+                return ChainReport(checked, ChainBreak(None, expected_seq, "missing_at_end"))
+        return ChainReport(checked, None)
+
+    async def prune(self, before: datetime) -> int:
+        async with self.database.write() as conn:
+            return await audit_store.prune_before(conn, before)

@@ -1,0 +1,357 @@
+"""Sessions: issue, authenticate, rotate refresh tokens (with reuse detection), revoke, purge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from keyturn.config import Settings
+from keyturn.errors import (
+    InvalidRefreshToken,
+    NotFound,
+    RefreshTokenReused,
+    SessionExpired,
+    Unauthorized,
+)
+from keyturn.security import opaque_tokens
+from keyturn.security.access_tokens import AccessClaims, AccessTokenCodec
+from keyturn.services.audit import EventType, RevokeReason, event
+from keyturn.services.context import ClientInfo, Clock
+from keyturn.services.keys import KeyService
+from keyturn.storage import audit as audit_store
+from keyturn.storage import sessions as session_store
+from keyturn.storage.database import Database
+from keyturn.storage.records import Session, User
+from keyturn.storage.users import get_user
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedTokens:
+    """What login, register and refresh hand back (CONTRACT section 4, token response)."""
+
+    access_token: str
+    expires_in: int
+    refresh_token: str
+    session: Session
+    user: User
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of a protected route."""
+
+    user: User
+    session: Session
+    claims: AccessClaims
+
+    def is_fresh(self, now: datetime, fresh_age: int) -> bool:
+        """Password entered in this session within `fresh_age` seconds (refresh never counts)."""
+        return now - self.session.authenticated_at <= timedelta(seconds=fresh_age)
+
+
+class SessionService:
+    def __init__(
+        self, database: Database, settings: Settings, clock: Clock, keys: KeyService
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.clock = clock
+        self.keys = keys
+        self.codec = AccessTokenCodec(
+            keys.ring, issuer=settings.issuer, ttl=settings.access_token_ttl
+        )
+        self._idle = timedelta(seconds=settings.session_idle_ttl)
+        self._touch = timedelta(seconds=settings.session_touch_interval)
+        self._grace = timedelta(seconds=settings.refresh_reuse_grace)
+
+    # --- issuing ---------------------------------------------------------------------------
+
+    async def open_session(
+        self, conn: AsyncConnection, user: User, client: ClientInfo, *, now: datetime
+    ) -> IssuedTokens:
+        """Create a session inside the caller's transaction (the caller writes the audit event)."""
+        refresh_token = opaque_tokens.new_token()
+        expires_at = now + timedelta(seconds=self.settings.session_max_ttl)
+        session = await session_store.insert_session(
+            conn,
+            user_id=user.id,
+            rotation_key=opaque_tokens.new_key(),
+            refresh_token_hash=opaque_tokens.hash_token(refresh_token),
+            now=now,
+            expires_at=expires_at,
+            ends_at=min(expires_at, now + self._idle),
+            ip=client.ip,
+            user_agent=client.user_agent,
+        )
+        return self._tokens(user, session, refresh_token, now)
+
+    def _tokens(
+        self, user: User, session: Session, refresh_token: str, now: datetime
+    ) -> IssuedTokens:
+        access_token, expires_in = self.codec.issue(user_id=user.id, session_id=session.id, now=now)
+        return IssuedTokens(access_token, expires_in, refresh_token, session, user)
+
+    # --- protected requests ----------------------------------------------------------------
+
+    async def authenticate(self, access_token: str) -> Principal:
+        """The principal behind a bearer token, checking its session in one round trip."""
+        now = self.clock()
+        claims = await self._verify(access_token, now)
+        async with self.database.read() as conn:
+            found = await session_store.get_session_and_user(conn, claims.session_id)
+        if found is None:
+            raise Unauthorized("The session has ended.", token_presented=True)
+        session, user = found
+        if (
+            session.user_id != claims.subject
+            or not session.is_active(now)
+            or user.is_disabled
+            or user.is_deleted
+        ):
+            raise Unauthorized("The session has ended.", token_presented=True)
+        if now - session.last_seen_at >= self._touch:
+            async with self.database.write() as conn:
+                await session_store.touch_session(
+                    conn,
+                    session.id,
+                    now=now,
+                    ends_at=min(session.expires_at, now + self._idle),
+                    not_since=now - self._touch,
+                )
+        return Principal(user=user, session=session, claims=claims)
+
+    async def _verify(self, access_token: str, now: datetime) -> AccessClaims:
+        try:
+            return self.codec.verify(access_token, now=now)
+        except Unauthorized:
+            if not self._names_unknown_key(access_token):
+                raise
+        # Signed by a key another instance created since our last reload.
+        await self.keys.reload_if_stale(unknown_kid=True)
+        return self.codec.verify(access_token, now=now)
+
+    def _names_unknown_key(self, access_token: str) -> bool:
+        try:
+            kid = jwt.get_unverified_header(access_token).get("kid")
+        except jwt.PyJWTError:
+            return False
+        return isinstance(kid, str) and kid not in self.keys.ring.verification_keys
+
+    # --- refresh ---------------------------------------------------------------------------
+
+    async def refresh(self, refresh_token: str, client: ClientInfo) -> IssuedTokens:
+        """Rotate: the old token stops working and a new one is returned.
+
+        The immediate predecessor presented again within the grace period yields the same
+        successor (a retry or a tab race); anything older is theft and ends the session.
+        """
+        if not opaque_tokens.looks_like_token(refresh_token):
+            raise InvalidRefreshToken()
+        token_hash = opaque_tokens.hash_token(refresh_token)
+        now = self.clock()
+        async with self.database.write() as conn:
+            found = await session_store.claim_refresh_token(conn, token_hash, now=now)
+            if found is None:
+                raise InvalidRefreshToken()
+            session = found.session
+            if session.revoked_at is not None:
+                raise InvalidRefreshToken()
+            if session.ends_at <= now:
+                raise SessionExpired()
+            user = await self._session_user(conn, session)
+            successor = opaque_tokens.derive_successor(session.rotation_key, refresh_token)
+            if found.claimed:
+                await session_store.insert_refresh_token(
+                    conn,
+                    session.id,
+                    opaque_tokens.hash_token(successor),
+                    generation=found.token.generation + 1,
+                    now=now,
+                )
+                await session_store.touch_session(
+                    conn,
+                    session.id,
+                    now=now,
+                    ends_at=min(session.expires_at, now + self._idle),
+                    not_since=now + timedelta(seconds=1),
+                )
+                await audit_store.append_events(
+                    conn,
+                    [
+                        event(
+                            EventType.SESSION_REFRESHED,
+                            now=now,
+                            client=client,
+                            user_id=user.id,
+                            session_id=session.id,
+                        )
+                    ],
+                )
+                return self._tokens(user, session, successor, now)
+            is_retry = (
+                found.successor is not None
+                and found.successor.rotated_at is None
+                and found.token.rotated_at is not None
+                and now - found.token.rotated_at <= self._grace
+            )
+            if is_retry:
+                return self._tokens(user, session, successor, now)
+            await self._revoke_for_reuse(conn, session, client, now)
+        # Only reuse gets here, outside the block: the revocation is committed before we answer.
+        raise RefreshTokenReused()
+
+    async def _session_user(self, conn: AsyncConnection, session: Session) -> User:
+        user = await get_user(conn, session.user_id)
+        if user is None or user.is_disabled or user.is_deleted:
+            raise InvalidRefreshToken()
+        return user
+
+    async def _revoke_for_reuse(
+        self, conn: AsyncConnection, session: Session, client: ClientInfo, now: datetime
+    ) -> None:
+        await session_store.revoke_sessions(
+            conn,
+            user_id=session.user_id,
+            session_id=session.id,
+            now=now,
+            reason=RevokeReason.REFRESH_TOKEN_REUSED,
+        )
+        common: dict[str, Any] = {
+            "now": now,
+            "client": client,
+            "user_id": session.user_id,
+            "session_id": session.id,
+        }
+        await audit_store.append_events(
+            conn,
+            [
+                event(EventType.REFRESH_TOKEN_REUSED, **common),
+                event(
+                    EventType.SESSION_REVOKED, reason=RevokeReason.REFRESH_TOKEN_REUSED, **common
+                ),
+            ],
+        )
+
+    # --- revocation ------------------------------------------------------------------------
+
+    async def revoke_in(
+        self,
+        conn: AsyncConnection,
+        *,
+        user_id: str,
+        reason: RevokeReason,
+        client: ClientInfo,
+        now: datetime,
+        session_id: str | None = None,
+        except_session_id: str | None = None,
+        actor_session_id: str | None = None,
+    ) -> list[Session]:
+        """Revoke inside the caller's transaction, with one `session.revoked` event per session."""
+        revoked = await session_store.revoke_sessions(
+            conn,
+            user_id=user_id,
+            now=now,
+            reason=reason,
+            session_id=session_id,
+            except_session_id=except_session_id,
+        )
+        await audit_store.append_events(
+            conn,
+            [
+                event(
+                    EventType.SESSION_REVOKED,
+                    now=now,
+                    client=client,
+                    user_id=user_id,
+                    session_id=s.id,
+                    reason=str(reason),
+                    **({"by_session_id": actor_session_id} if actor_session_id else {}),
+                )
+                for s in revoked
+            ],
+        )
+        return revoked
+
+    async def logout(self, principal: Principal, scope: str, client: ClientInfo) -> int:
+        """`local`: this session; `others`: every other one; `global`: all of them."""
+        now = self.clock()
+        session_id = principal.session.id
+        async with self.database.write() as conn:
+            revoked = await self.revoke_in(
+                conn,
+                user_id=principal.user.id,
+                reason=RevokeReason.LOGOUT,
+                client=client,
+                now=now,
+                session_id=session_id if scope == "local" else None,
+                except_session_id=session_id if scope == "others" else None,
+                actor_session_id=session_id,
+            )
+        return len(revoked)
+
+    async def revoke_own_session(
+        self, principal: Principal, session_id: str, client: ClientInfo
+    ) -> None:
+        """End one of the caller's sessions; another user's looks exactly like an unknown id."""
+        now = self.clock()
+        async with self.database.write() as conn:
+            revoked = await self.revoke_in(
+                conn,
+                user_id=principal.user.id,
+                session_id=session_id,
+                reason=RevokeReason.USER,
+                client=client,
+                now=now,
+                actor_session_id=principal.session.id,
+            )
+        if not revoked:
+            raise NotFound("No such session.")
+
+    async def revoke_token(self, token: str, client: ClientInfo) -> None:
+        """RFC 7009: end the session behind a refresh or access token; unknown tokens are fine."""
+        session_id: str | None = None
+        user_id: str | None = None
+        if not opaque_tokens.looks_like_token(token) and "." not in token:
+            return
+        if "." not in token:  # opaque refresh token; a JWT always has dots
+            async with self.database.read() as conn:
+                found = await session_store.find_session_by_token_hash(
+                    conn, opaque_tokens.hash_token(token)
+                )
+            session_id = found.id if found else None
+            user_id = found.user_id if found else None
+        else:
+            try:
+                claims = self.codec.verify(token, now=self.clock())
+            except Unauthorized:
+                return
+            session_id, user_id = claims.session_id, claims.subject
+        if session_id is None or user_id is None:
+            return
+        async with self.database.write() as conn:
+            await self.revoke_in(
+                conn,
+                user_id=user_id,
+                session_id=session_id,
+                reason=RevokeReason.LOGOUT,
+                client=client,
+                now=self.clock(),
+            )
+
+    async def list_active(self, user_id: str) -> list[Session]:
+        async with self.database.read() as conn:
+            return await session_store.list_active_sessions(conn, user_id, now=self.clock())
+
+    async def mark_fresh(self, conn: AsyncConnection, session_id: str, now: datetime) -> None:
+        await session_store.mark_authenticated(conn, session_id, now=now)
+
+    # --- maintenance -----------------------------------------------------------------------
+
+    async def purge_batch(self, batch_size: int) -> tuple[int, int]:
+        """One short transaction of cleanup: (sessions, refresh tokens) removed."""
+        async with self.database.write() as conn:
+            return await session_store.purge_ended(conn, now=self.clock(), batch_size=batch_size)

@@ -1,0 +1,200 @@
+"""The audit log: an append-only hash chain (each event hashes its content and its predecessor)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from keyturn.ids import new_id
+from keyturn.storage.records import AnyRow, AuditEvent
+from keyturn.storage.schema import audit_chain, audit_events
+
+_CHAIN_ROW = 1
+
+
+def canonical_hash(
+    *,
+    seq: int,
+    event_id: str,
+    type: str,
+    occurred_at: datetime,
+    user_id: str | None,
+    session_id: str | None,
+    ip: str | None,
+    user_agent: str | None,
+    detail: dict[str, Any],
+    prev_hash: str,
+) -> str:
+    """SHA-256 over a canonical JSON form of the event and its predecessor's hash."""
+    content = {
+        "seq": seq,
+        "id": event_id,
+        "type": type,
+        "occurred_at": occurred_at.isoformat(timespec="microseconds"),
+        "user_id": user_id,
+        "session_id": session_id,
+        "ip": ip,
+        "user_agent": user_agent,
+        "detail": detail,
+        "prev_hash": prev_hash,
+    }
+    encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(encoded.encode("ascii")).hexdigest()
+
+
+def _event(row: AnyRow) -> AuditEvent:
+    m = row._mapping
+    return AuditEvent(
+        id=m["id"],
+        seq=int(m["seq"]),
+        type=m["type"],
+        occurred_at=m["occurred_at"],
+        user_id=m["user_id"],
+        session_id=m["session_id"],
+        ip=m["ip"],
+        user_agent=m["user_agent"],
+        detail=json.loads(m["detail"]),
+        prev_hash=m["prev_hash"],
+        hash=m["hash"],
+    )
+
+
+async def _lock_chain(conn: AsyncConnection) -> AnyRow:
+    statement = select(audit_chain).where(audit_chain.c.id == _CHAIN_ROW)
+    if conn.dialect.name == "postgresql":
+        # Appenders on every instance queue here; the lock is held only until commit.
+        statement = statement.with_for_update()
+    row = (await conn.execute(statement)).first()
+    if row is None:
+        raise RuntimeError("audit_chain row missing; run keyturn migrate")
+    return row
+
+
+async def append_events(conn: AsyncConnection, events: list[dict[str, Any]]) -> list[AuditEvent]:
+    """Append events inside the caller's transaction, so a change and its event commit together."""
+    if not events:
+        return []
+    head = (await _lock_chain(conn))._mapping
+    seq, prev_hash = int(head["last_seq"]), head["last_hash"]
+    written: list[AuditEvent] = []
+    rows = []
+    for event in events:
+        seq += 1
+        event_id = new_id()
+        digest = canonical_hash(seq=seq, event_id=event_id, prev_hash=prev_hash, **event)
+        record = AuditEvent(id=event_id, seq=seq, prev_hash=prev_hash, hash=digest, **event)
+        rows.append(
+            {
+                **event,
+                "id": event_id,
+                "seq": seq,
+                "prev_hash": prev_hash,
+                "hash": digest,
+                "detail": json.dumps(event["detail"], sort_keys=True),
+            }
+        )
+        written.append(record)
+        prev_hash = digest
+    await conn.execute(insert(audit_events), rows)
+    await conn.execute(
+        update(audit_chain)
+        .where(audit_chain.c.id == _CHAIN_ROW)
+        .values(last_seq=seq, last_hash=prev_hash)
+    )
+    return written
+
+
+async def list_events(
+    conn: AsyncConnection,
+    *,
+    limit: int,
+    before_seq: int | None = None,
+    user_id: str | None = None,
+    type: str | None = None,
+) -> list[AuditEvent]:
+    """Newest first; `before_seq` continues a page (stable while new events arrive)."""
+    statement = select(audit_events)
+    if user_id is not None:
+        statement = statement.where(audit_events.c.user_id == user_id)
+    if type is not None:
+        statement = statement.where(audit_events.c.type == type)
+    if before_seq is not None:
+        statement = statement.where(audit_events.c.seq < before_seq)
+    statement = statement.order_by(audit_events.c.seq.desc()).limit(limit)
+    return [_event(row) for row in await conn.execute(statement)]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    last_seq: int
+    last_hash: str
+    pruned_through_seq: int
+    pruned_hash: str
+
+
+async def chain_head(conn: AsyncConnection) -> ChainHead:
+    m = (
+        (await conn.execute(select(audit_chain).where(audit_chain.c.id == _CHAIN_ROW)))
+        .one()
+        ._mapping
+    )
+    return ChainHead(
+        last_seq=int(m["last_seq"]),
+        last_hash=m["last_hash"],
+        pruned_through_seq=int(m["pruned_through_seq"]),
+        pruned_hash=m["pruned_hash"],
+    )
+
+
+async def iterate_events(
+    conn: AsyncConnection, *, after_seq: int, batch_size: int = 2000
+) -> AsyncIterator[AuditEvent]:
+    """Every event in chain order, read in batches."""
+    while True:
+        rows = (
+            await conn.execute(
+                select(audit_events)
+                .where(audit_events.c.seq > after_seq)
+                .order_by(audit_events.c.seq)
+                .limit(batch_size)
+            )
+        ).all()
+        for row in rows:
+            event = _event(row)
+            after_seq = event.seq
+            yield event
+        if len(rows) < batch_size:
+            return
+
+
+async def prune_before(conn: AsyncConnection, before: datetime) -> int:
+    """Delete the oldest events, up to the first at or after `before`; keep the chain anchored."""
+    head = await _lock_chain(conn)
+    first_kept = (
+        await conn.execute(
+            select(audit_events.c.seq, audit_events.c.prev_hash)
+            .where(audit_events.c.occurred_at >= before)
+            .order_by(audit_events.c.seq)
+            .limit(1)
+        )
+    ).first()
+    if first_kept is None:
+        through, anchor = int(head._mapping["last_seq"]), head._mapping["last_hash"]
+    else:
+        through, anchor = int(first_kept[0]) - 1, first_kept[1]
+    if through <= int(head._mapping["pruned_through_seq"]):
+        return 0
+    result = await conn.execute(delete(audit_events).where(audit_events.c.seq <= through))
+    await conn.execute(
+        update(audit_chain)
+        .where(audit_chain.c.id == _CHAIN_ROW)
+        .values(pruned_through_seq=through, pruned_hash=anchor)
+    )
+    return result.rowcount

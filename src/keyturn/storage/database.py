@@ -1,0 +1,118 @@
+"""Connections: one async engine per backend, with SQLite tuned for many readers and one writer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from keyturn.errors import Unavailable
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=30,
+        connect_args={"check_same_thread": False},
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Driver-level autocommit, so that we, not pysqlite, decide how transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # FULL: an acknowledged write survives power loss too, not only a process crash.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front: a deferred transaction that reads and
+        # then writes can fail at once with "database is locked" instead of waiting its turn.
+        connection.exec_driver_sql(begin)
+
+    return engine
+
+
+class Database:
+    """The database keyturn runs on: `read()` and `write()` give short transactions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self._reader = _sqlite_engine(url, begin="BEGIN", pool_size=8)
+            # One writer connection per process: SQLite admits one writer at a time anyway,
+            # and queueing in the pool is cheaper than spinning on the busy timeout.
+            self._writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
+        else:
+            self._reader = create_async_engine(
+                url, pool_size=10, max_overflow=20, pool_pre_ping=False, pool_recycle=1800
+            )
+            self._writer = self._reader
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine that may write (migrations, maintenance)."""
+        return self._writer
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with _translate_errors(), self._reader.connect() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that commits when the block ends and rolls back when it raises."""
+        async with _translate_errors(), self._writer.begin() as connection:
+            yield connection
+
+    async def ping(self) -> bool:
+        try:
+            async with self.read() as connection:
+                await connection.exec_driver_sql("SELECT 1")
+        except Unavailable:
+            return False
+        return True
+
+    async def dispose(self) -> None:
+        await self._reader.dispose()
+        if self._writer is not self._reader:
+            await self._writer.dispose()
+
+
+@asynccontextmanager
+async def _translate_errors() -> AsyncIterator[None]:
+    """A database that is down or locked becomes a clean 503, never a 500 with SQL in it."""
+    try:
+        yield
+    except OperationalError as error:
+        raise Unavailable("The database is busy or unreachable; try again.") from error
+    except DBAPIError as error:
+        if error.connection_invalidated:
+            raise Unavailable("The database connection was lost; try again.") from error
+        raise
+    except (OSError, TimeoutError, PoolTimeout) as error:
+        raise Unavailable("The database is unreachable; try again.") from error

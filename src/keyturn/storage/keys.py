@@ -1,0 +1,67 @@
+"""Signing keys table access."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from keyturn.storage.records import AnyRow, SigningKey
+from keyturn.storage.schema import signing_keys
+
+
+def _key(row: AnyRow) -> SigningKey:
+    m = row._mapping
+    return SigningKey(
+        kid=m["kid"],
+        algorithm=m["algorithm"],
+        private_pem=m["private_pem"],
+        public_jwk=json.loads(m["public_jwk"]),
+        created_at=m["created_at"],
+        retired_at=m["retired_at"],
+        publish_until=m["publish_until"],
+    )
+
+
+async def published_keys(conn: AsyncConnection, *, now: datetime) -> list[SigningKey]:
+    """The active key and every retired key still inside its publication window, newest first."""
+    result = await conn.execute(
+        select(signing_keys)
+        .where(or_(signing_keys.c.publish_until.is_(None), signing_keys.c.publish_until > now))
+        .order_by(signing_keys.c.created_at.desc(), signing_keys.c.kid.desc())
+    )
+    return [_key(row) for row in result]
+
+
+async def insert_key(
+    conn: AsyncConnection,
+    *,
+    kid: str,
+    algorithm: str,
+    private_pem: str,
+    public_jwk: dict[str, str],
+    now: datetime,
+) -> None:
+    await conn.execute(
+        insert(signing_keys).values(
+            kid=kid,
+            algorithm=algorithm,
+            private_pem=private_pem,
+            public_jwk=json.dumps(public_jwk),
+            created_at=now,
+            retired_at=None,
+            publish_until=None,
+        )
+    )
+
+
+async def retire_active_keys(
+    conn: AsyncConnection, *, except_kid: str, now: datetime, publish_until: datetime
+) -> None:
+    await conn.execute(
+        update(signing_keys)
+        .where(signing_keys.c.retired_at.is_(None), signing_keys.c.kid != except_kid)
+        .values(retired_at=now, publish_until=publish_until)
+    )

@@ -1,0 +1,142 @@
+"""The tables, as SQLAlchemy Core metadata (Alembic migrations create them; this module reads)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python on every backend (SQLite stores it naive, in UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            raise TypeError(f"not a timestamp: {type(value).__name__}")
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+ID = String(32)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(200)),
+    Column("password_hash", String(256), nullable=False),
+    Column("email_verified", Boolean, nullable=False, default=False),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("is_disabled", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("deleted_at", UTCDateTime),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("rotation_key", LargeBinary(32), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("authenticated_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    # min(expires_at, last_seen_at + idle TTL), or the revocation time: one indexed column
+    # answers both "is it live?" and "may cleanup delete it?".
+    Column("ends_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    Column("revoke_reason", String(32)),
+    Column("ip", String(64)),
+    Column("user_agent", String(512)),
+    Index("ix_sessions_user_id", "user_id"),
+    Index("ix_sessions_ends_at", "ends_at"),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("session_id", ID, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("generation", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("rotated_at", UTCDateTime),
+    Index("ix_refresh_tokens_session_generation", "session_id", "generation", unique=True),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("seq", BigInteger, nullable=False, unique=True),
+    Column("type", String(64), nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("user_id", ID),
+    Column("session_id", ID),
+    Column("ip", String(64)),
+    Column("user_agent", String(512)),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_events_user_seq", "user_id", "seq"),
+    Index("ix_audit_events_type_seq", "type", "seq"),
+)
+
+# One row: the head of the audit hash chain, locked by each appender (serializes `seq`).
+audit_chain = Table(
+    "audit_chain",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+    Column("pruned_through_seq", BigInteger, nullable=False),
+    Column("pruned_hash", String(64), nullable=False),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", ID, primary_key=True),
+    Column("algorithm", String(16), nullable=False),
+    Column("private_pem", Text, nullable=False),
+    Column("public_jwk", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("retired_at", UTCDateTime),
+    # A retired key stays published until every token it signed has expired.
+    Column("publish_until", UTCDateTime),
+)

@@ -1,0 +1,232 @@
+"""Sessions and their refresh tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from keyturn.ids import new_id
+from keyturn.storage.records import AnyRow, RefreshToken, Session, User
+from keyturn.storage.schema import refresh_tokens, sessions, users
+from keyturn.storage.users import user_from_row
+
+_SESSION_COLUMNS = [c.label(f"s_{c.name}") for c in sessions.c]
+_TOKEN_COLUMNS = [c.label(f"t_{c.name}") for c in refresh_tokens.c]
+
+
+def _session(row: AnyRow, prefix: str = "") -> Session:
+    m = row._mapping
+    return Session(**{c.name: m[prefix + c.name] for c in sessions.c})
+
+
+def _token(row: AnyRow, prefix: str = "") -> RefreshToken:
+    m = row._mapping
+    return RefreshToken(**{c.name: m[prefix + c.name] for c in refresh_tokens.c})
+
+
+async def insert_session(
+    conn: AsyncConnection,
+    *,
+    user_id: str,
+    rotation_key: bytes,
+    refresh_token_hash: str,
+    now: datetime,
+    expires_at: datetime,
+    ends_at: datetime,
+    ip: str | None,
+    user_agent: str | None,
+) -> Session:
+    record = Session(
+        id=new_id(),
+        user_id=user_id,
+        rotation_key=rotation_key,
+        created_at=now,
+        authenticated_at=now,
+        last_seen_at=now,
+        expires_at=expires_at,
+        ends_at=ends_at,
+        revoked_at=None,
+        revoke_reason=None,
+        ip=ip,
+        user_agent=user_agent,
+    )
+    await conn.execute(
+        insert(sessions).values(**{c.name: getattr(record, c.name) for c in sessions.c})
+    )
+    await insert_refresh_token(conn, record.id, refresh_token_hash, generation=0, now=now)
+    return record
+
+
+async def insert_refresh_token(
+    conn: AsyncConnection, session_id: str, token_hash: str, *, generation: int, now: datetime
+) -> None:
+    await conn.execute(
+        insert(refresh_tokens).values(
+            id=new_id(),
+            session_id=session_id,
+            token_hash=token_hash,
+            generation=generation,
+            created_at=now,
+            rotated_at=None,
+        )
+    )
+
+
+async def get_session(conn: AsyncConnection, session_id: str) -> Session | None:
+    row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+    return _session(row) if row else None
+
+
+async def get_session_and_user(
+    conn: AsyncConnection, session_id: str
+) -> tuple[Session, User] | None:
+    """The session behind an access token and its user, in one round trip."""
+    statement = (
+        select(*_SESSION_COLUMNS, users)
+        .join_from(sessions, users, sessions.c.user_id == users.c.id)
+        .where(sessions.c.id == session_id)
+    )
+    row = (await conn.execute(statement)).first()
+    if row is None:
+        return None
+    return _session(row, "s_"), user_from_row(row)
+
+
+async def touch_session(
+    conn: AsyncConnection, session_id: str, *, now: datetime, ends_at: datetime, not_since: datetime
+) -> None:
+    """Record activity unless it was recorded after `not_since` (reads must not become writes)."""
+    await conn.execute(
+        update(sessions)
+        .where(
+            sessions.c.id == session_id,
+            sessions.c.revoked_at.is_(None),
+            sessions.c.last_seen_at < not_since,
+        )
+        .values(last_seen_at=now, ends_at=ends_at)
+    )
+
+
+async def find_session_by_token_hash(conn: AsyncConnection, token_hash: str) -> Session | None:
+    row = (
+        await conn.execute(
+            select(sessions)
+            .join_from(sessions, refresh_tokens, refresh_tokens.c.session_id == sessions.c.id)
+            .where(refresh_tokens.c.token_hash == token_hash)
+        )
+    ).first()
+    return _session(row) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedToken:
+    """A refresh token looked up by hash, with its session and (if any) its successor."""
+
+    token: RefreshToken
+    session: Session
+    successor: RefreshToken | None
+    claimed: bool  # True when this call marked it rotated (the caller won the race)
+
+
+async def claim_refresh_token(
+    conn: AsyncConnection, token_hash: str, *, now: datetime
+) -> ClaimedToken | None:
+    """Mark the token rotated if nobody has; either way return what the caller needs to decide.
+
+    The conditional UPDATE is the race arbiter: on PostgreSQL a concurrent claimer blocks on
+    the row lock and then sees `rotated_at` set; on SQLite the write lock serializes them.
+    """
+    claimed = (
+        await conn.execute(
+            update(refresh_tokens)
+            .where(refresh_tokens.c.token_hash == token_hash, refresh_tokens.c.rotated_at.is_(None))
+            .values(rotated_at=now)
+            .returning(refresh_tokens.c.id)
+        )
+    ).first() is not None
+    row = (
+        await conn.execute(
+            select(*_TOKEN_COLUMNS, *_SESSION_COLUMNS)
+            .join_from(refresh_tokens, sessions, refresh_tokens.c.session_id == sessions.c.id)
+            .where(refresh_tokens.c.token_hash == token_hash)
+        )
+    ).first()
+    if row is None:
+        return None
+    token, session = _token(row, "t_"), _session(row, "s_")
+    successor = None
+    if not claimed:
+        successor_row = (
+            await conn.execute(
+                select(refresh_tokens).where(
+                    refresh_tokens.c.session_id == token.session_id,
+                    refresh_tokens.c.generation == token.generation + 1,
+                )
+            )
+        ).first()
+        successor = _token(successor_row) if successor_row else None
+    return ClaimedToken(token=token, session=session, successor=successor, claimed=claimed)
+
+
+async def mark_authenticated(conn: AsyncConnection, session_id: str, *, now: datetime) -> None:
+    await conn.execute(
+        update(sessions).where(sessions.c.id == session_id).values(authenticated_at=now)
+    )
+
+
+async def revoke_sessions(
+    conn: AsyncConnection,
+    *,
+    user_id: str,
+    now: datetime,
+    reason: str,
+    session_id: str | None = None,
+    except_session_id: str | None = None,
+) -> list[Session]:
+    """Revoke one session (by id, of this user) or all of a user's live ones; return them."""
+    conditions = [sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None)]
+    if session_id is not None:
+        conditions.append(sessions.c.id == session_id)
+    else:
+        conditions.append(sessions.c.ends_at > now)
+    if except_session_id is not None:
+        conditions.append(sessions.c.id != except_session_id)
+    result = await conn.execute(
+        update(sessions)
+        .where(and_(*conditions))
+        .values(revoked_at=now, revoke_reason=reason, ends_at=now)
+        .returning(sessions)
+    )
+    return [_session(row) for row in result]
+
+
+async def list_active_sessions(
+    conn: AsyncConnection, user_id: str, *, now: datetime
+) -> list[Session]:
+    result = await conn.execute(
+        select(sessions)
+        .where(
+            sessions.c.user_id == user_id,
+            sessions.c.revoked_at.is_(None),
+            sessions.c.ends_at > now,
+        )
+        .order_by(sessions.c.created_at.desc())
+    )
+    return [_session(row) for row in result]
+
+
+async def purge_ended(conn: AsyncConnection, *, now: datetime, batch_size: int) -> tuple[int, int]:
+    """Delete up to `batch_size` ended sessions and their tokens: (sessions, tokens) removed."""
+    candidates = select(sessions.c.id).where(sessions.c.ends_at <= now).limit(batch_size)
+    if conn.dialect.name == "postgresql":
+        # Another instance's batch skips the rows this one has taken.
+        candidates = candidates.with_for_update(skip_locked=True)
+    ids = [row[0] for row in await conn.execute(candidates)]
+    if not ids:
+        return 0, 0
+    tokens = await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.session_id.in_(ids)))
+    removed = await conn.execute(delete(sessions).where(sessions.c.id.in_(ids)))
+    return removed.rowcount, tokens.rowcount

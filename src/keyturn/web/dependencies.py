@@ -1,0 +1,82 @@
+"""FastAPI dependencies: who is calling, from where, and whether they may do this.
+
+A host app uses these to protect its own routes (`APIRouter(dependencies=[...])`).
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see the real dependency objects.
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+
+from keyturn.errors import Forbidden, Unauthorized
+from keyturn.services.context import ClientInfo
+from keyturn.services.sessions import Principal
+from keyturn.storage.records import Session, User
+from keyturn.web.middleware import client_ip
+
+if TYPE_CHECKING:
+    from keyturn.facade import Keyturn
+
+MAX_USER_AGENT = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Dependencies:
+    """What a route can ask for; all bound to one `Keyturn`."""
+
+    principal: Callable[..., Awaitable[Principal]]
+    current_user: Callable[..., Awaitable[User]]
+    current_session: Callable[..., Awaitable[Session]]
+    fresh_principal: Callable[..., Awaitable[Principal]]
+    admin_principal: Callable[..., Awaitable[Principal]]
+    client: Callable[..., ClientInfo]
+
+
+def build_dependencies(keyturn: "Keyturn", *, token_url: str) -> Dependencies:
+    # Declares the scheme in OpenAPI (Swagger's Authorize button); never reads the query string.
+    bearer = OAuth2PasswordBearer(tokenUrl=token_url, auto_error=False)
+    trusted = keyturn.settings.trusted_proxies
+
+    def client(request: Request) -> ClientInfo:
+        ip = getattr(request.state, "client_ip", None)
+        if ip is None:  # host app without keyturn's middleware
+            ip = client_ip(request.scope, trusted)
+        agent = request.headers.get("user-agent")
+        return ClientInfo(ip=ip, user_agent=agent[:MAX_USER_AGENT] if agent else None)
+
+    async def principal(
+        request: Request, token: Annotated[str | None, Depends(bearer)]
+    ) -> Principal:
+        if not token:
+            raise Unauthorized()
+        found = await keyturn.sessions.authenticate(token)
+        request.state.principal = found
+        return found
+
+    async def current_user(found: Annotated[Principal, Depends(principal)]) -> User:
+        return found.user
+
+    async def current_session(found: Annotated[Principal, Depends(principal)]) -> Session:
+        return found.session
+
+    async def fresh_principal(found: Annotated[Principal, Depends(principal)]) -> Principal:
+        keyturn.accounts.require_fresh(found)
+        return found
+
+    async def admin_principal(found: Annotated[Principal, Depends(principal)]) -> Principal:
+        if not found.user.is_admin:
+            raise Forbidden("Administrators only.")
+        return found
+
+    return Dependencies(
+        principal=principal,
+        current_user=current_user,
+        current_session=current_session,
+        fresh_principal=fresh_principal,
+        admin_principal=admin_principal,
+        client=client,
+    )

@@ -1,0 +1,167 @@
+"""One plain ASGI middleware: request id, client address, body limit, headers, access log."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyturn.config import IPNetwork
+from keyturn.web.problems import problem
+
+MAX_BODY_BYTES = 64 * 1024
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+access_log = logging.getLogger("keyturn.access")
+
+
+def client_ip(scope: Scope, trusted: Sequence[IPNetwork]) -> str | None:
+    """The socket peer, unless it is a trusted proxy: then the nearest untrusted forwarded hop."""
+    peer = scope.get("client")
+    address: str | None = peer[0] if peer else None
+    if address is None or not trusted or not _is_trusted(address, trusted):
+        return address
+    forwarded = _header(scope, b"x-forwarded-for")
+    if not forwarded:
+        return address
+    # Right to left: each trusted hop appended what it saw; the first untrusted is the client.
+    for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return address
+        if not _is_trusted(hop, trusted):
+            return str(hop)
+        address = hop
+    return address
+
+
+def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class KeyturnMiddleware:
+    def __init__(self, app: ASGIApp, *, trusted_proxies: Sequence[IPNetwork] = ()) -> None:
+        self.app = app
+        self.trusted = tuple(trusted_proxies)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        ip = client_ip(scope, self.trusted)
+        request_id = self._request_id(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["client_ip"] = ip
+        status_holder = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers.append((b"x-request-id", request_id.encode("ascii")))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if b"cache-control" not in names:
+                    # Tokens and user data must never sit in a shared or browser cache.
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            if scope["method"] in _BODY_METHODS:
+                buffered = await self._read_limited(scope, receive)
+                if buffered is None:
+                    response = problem(
+                        413,
+                        "request_too_large",
+                        "Request body too large",
+                        f"The request body must not exceed {MAX_BODY_BYTES} bytes.",
+                        request_id=request_id,
+                    )
+                    await response(scope, receive, send_wrapper)
+                    return
+                receive = _replay(buffered, receive)
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self._log(scope, ip, request_id, status_holder[0], started)
+
+    def _request_id(self, scope: Scope) -> str:
+        peer = scope.get("client")
+        if peer and self.trusted and _is_trusted(peer[0], self.trusted):
+            incoming = _header(scope, b"x-request-id")
+            if incoming and _REQUEST_ID.match(incoming):
+                return incoming
+        return uuid.uuid4().hex
+
+    async def _read_limited(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it is known to be too large (never read further)."""
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    def _log(
+        self, scope: Scope, ip: str | None, request_id: str, status: int, started: float
+    ) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        access_log.info(
+            "%s %s %s",
+            scope["method"],
+            scope.get("path", ""),
+            status,
+            extra={
+                "request_id": request_id,
+                "method": scope["method"],
+                "path": scope.get("path", ""),  # never the query string
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "client_ip": ip,
+            },
+        )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,1 @@
+"""Router factories: each takes the `Keyturn` facade and returns an `APIRouter`."""

@@ -1,0 +1,160 @@
+"""/auth: register, log in, OAuth2 token endpoint, refresh, log out, revoke, re-authenticate."""
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from keyturn import errors
+from keyturn.services.context import ClientInfo
+from keyturn.services.sessions import IssuedTokens, Principal
+from keyturn.services.throttle import Action
+from keyturn.web.problems import problem_body, request_id_of
+from keyturn.web.schemas import (
+    LoginRequest,
+    OAuthTokenResponse,
+    PasswordRequest,
+    Problem,
+    RefreshRequest,
+    RegisterRequest,
+    RevokeRequest,
+    TokenResponse,
+    UserOut,
+)
+
+if TYPE_CHECKING:
+    from keyturn.facade import Keyturn
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}}
+    for code in (400, 401, 403, 409, 422, 429)
+}
+
+
+def token_response(issued: IssuedTokens) -> TokenResponse:
+    return TokenResponse(
+        access_token=issued.access_token,
+        expires_in=issued.expires_in,
+        refresh_token=issued.refresh_token,
+        session_id=issued.session.id,
+        user=UserOut.of(issued.user),
+    )
+
+
+def build_auth_router(keyturn: "Keyturn") -> APIRouter:
+    deps = keyturn.dependencies
+    router = APIRouter(prefix="/auth", tags=["auth"], responses=PROBLEMS)
+    Client = Annotated[ClientInfo, Depends(deps.client)]
+    CurrentPrincipal = Annotated[Principal, Depends(deps.principal)]
+
+    @router.post("/register", status_code=201, response_model=TokenResponse)
+    async def register(body: RegisterRequest, client: Client) -> TokenResponse:
+        await keyturn.throttle.hit(Action.REGISTER, client.ip)
+        issued = await keyturn.accounts.register(body.email, body.password, body.name, client)
+        return token_response(issued)
+
+    @router.post("/login", response_model=TokenResponse)
+    async def login(body: LoginRequest, client: Client) -> TokenResponse:
+        await keyturn.throttle.hit(Action.LOGIN, client.ip)
+        return token_response(await keyturn.accounts.login(body.email, body.password, client))
+
+    @router.post("/token", response_model=OAuthTokenResponse)
+    async def token(
+        request: Request,
+        client: Client,
+        grant_type: Annotated[str, Form()],
+        username: Annotated[str | None, Form(max_length=320)] = None,
+        password: Annotated[str | None, Form(max_length=4096)] = None,
+        refresh_token: Annotated[str | None, Form(max_length=4096)] = None,
+        scope: Annotated[str | None, Form(max_length=1024)] = None,
+    ) -> Response:
+        """RFC 6749 token endpoint: `password` and `refresh_token` grants, section 5 answers."""
+        await keyturn.throttle.hit(Action.TOKEN, client.ip)
+        try:
+            if grant_type == "password":
+                if not username or not password:
+                    raise _OAuthError("invalid_request", "username and password are required")
+                issued = await keyturn.accounts.login(username, password, client)
+            elif grant_type == "refresh_token":
+                if not refresh_token:
+                    raise _OAuthError("invalid_request", "refresh_token is required")
+                issued = await keyturn.sessions.refresh(refresh_token, client)
+            else:
+                raise _OAuthError("unsupported_grant_type", "use password or refresh_token")
+        except _OAuthError as error:
+            return _oauth_error(request, error.error, error.description)
+        except (errors.AuthenticationError, errors.AccountDisabled) as error:
+            return _oauth_error(request, "invalid_grant", error.detail, code=error.code)
+        body = OAuthTokenResponse(
+            access_token=issued.access_token,
+            expires_in=issued.expires_in,
+            refresh_token=issued.refresh_token,
+            session_id=issued.session.id,
+        )
+        return JSONResponse(body.model_dump(), headers={"Pragma": "no-cache"})
+
+    @router.post("/refresh", response_model=TokenResponse)
+    async def refresh(body: RefreshRequest, client: Client) -> TokenResponse:
+        await keyturn.throttle.hit(Action.REFRESH, client.ip)
+        return token_response(await keyturn.sessions.refresh(body.refresh_token, client))
+
+    @router.post("/logout", status_code=204)
+    async def logout(
+        principal: CurrentPrincipal,
+        client: Client,
+        scope: Annotated[Literal["local", "others", "global"], Query()] = "local",
+    ) -> Response:
+        await keyturn.sessions.logout(principal, scope, client)
+        return Response(status_code=204)
+
+    @router.post("/revoke", status_code=200)
+    async def revoke(request: Request, client: Client) -> Response:
+        """RFC 7009: always 200, whether or not the token was known."""
+        token = await _revocation_token(request)
+        if token:
+            await keyturn.sessions.revoke_token(token, client)
+        return Response(status_code=200)
+
+    @router.post("/reauthenticate", status_code=204)
+    async def reauthenticate(
+        body: PasswordRequest, principal: CurrentPrincipal, client: Client
+    ) -> Response:
+        await keyturn.throttle.hit(Action.REAUTHENTICATE, client.ip)
+        await keyturn.accounts.reauthenticate(principal, body.password, client)
+        return Response(status_code=204)
+
+    return router
+
+
+class _OAuthError(Exception):
+    def __init__(self, error: str, description: str) -> None:
+        self.error = error
+        self.description = description
+
+
+def _oauth_error(
+    request: Request, error: str, description: str, *, code: str | None = None
+) -> Response:
+    """RFC 6749 section 5.2 body, with our problem fields beside it."""
+    body = {
+        "error": error,
+        "error_description": description,
+        **problem_body(
+            400, code or error, "Token request failed", description, request_id_of(request)
+        ),
+    }
+    return JSONResponse(body, status_code=400, headers={"Pragma": "no-cache"})
+
+
+async def _revocation_token(request: Request) -> str | None:
+    """`token` from a form (RFC 7009) or a JSON body."""
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("application/json"):
+            return RevokeRequest.model_validate_json(await request.body()).token
+        form = await request.form()
+        value = form.get("token")
+        return RevokeRequest(token=value).token if isinstance(value, str) else None
+    except (ValidationError, ValueError, UnicodeDecodeError):
+        return None  # "200 always" (CONTRACT section 5): nothing to revoke

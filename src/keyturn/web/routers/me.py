@@ -1,0 +1,97 @@
+"""/me: the caller's own account, sessions and audit trail."""
+
+import re
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from keyturn.errors import NotFound
+from keyturn.services.context import ClientInfo
+from keyturn.services.sessions import Principal
+from keyturn.web.routers.auth import PROBLEMS
+from keyturn.web.routers.pagination import decode_cursor, encode_cursor
+from keyturn.web.schemas import (
+    AuditEventOut,
+    EmailChangeRequest,
+    EventsOut,
+    PasswordChangeRequest,
+    ProfileUpdate,
+    SessionOut,
+    SessionsOut,
+    UserOut,
+)
+
+if TYPE_CHECKING:
+    from keyturn.facade import Keyturn
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+
+def build_me_router(keyturn: "Keyturn") -> APIRouter:
+    deps = keyturn.dependencies
+    router = APIRouter(prefix="/me", tags=["me"], responses=PROBLEMS)
+    Client = Annotated[ClientInfo, Depends(deps.client)]
+    CurrentPrincipal = Annotated[Principal, Depends(deps.principal)]
+
+    @router.get("", response_model=UserOut)
+    async def me(principal: CurrentPrincipal) -> UserOut:
+        return UserOut.of(principal.user)
+
+    @router.patch("", response_model=UserOut)
+    async def update_me(
+        body: ProfileUpdate, principal: CurrentPrincipal, client: Client
+    ) -> UserOut:
+        return UserOut.of(await keyturn.accounts.update_profile(principal, body.name, client))
+
+    @router.post("/password", status_code=204)
+    async def change_password(
+        body: PasswordChangeRequest, principal: CurrentPrincipal, client: Client
+    ) -> Response:
+        await keyturn.accounts.change_password(
+            principal, body.current_password, body.new_password, client
+        )
+        return Response(status_code=204)
+
+    @router.post("/email", response_model=UserOut)
+    async def change_email(
+        body: EmailChangeRequest, principal: CurrentPrincipal, client: Client
+    ) -> UserOut:
+        return UserOut.of(await keyturn.accounts.change_email(principal, body.new_email, client))
+
+    @router.delete("", status_code=204)
+    async def delete_me(principal: CurrentPrincipal, client: Client) -> Response:
+        await keyturn.accounts.delete_account(principal, client)
+        return Response(status_code=204)
+
+    @router.get("/sessions", response_model=SessionsOut)
+    async def my_sessions(principal: CurrentPrincipal) -> SessionsOut:
+        found = await keyturn.sessions.list_active(principal.user.id)
+        return SessionsOut(sessions=[SessionOut.of(s, principal.session.id) for s in found])
+
+    @router.delete("/sessions/{session_id}", status_code=204)
+    async def revoke_my_session(
+        session_id: str, principal: CurrentPrincipal, client: Client
+    ) -> Response:
+        if not ID_PATTERN.match(session_id):
+            raise NotFound("No such session.")
+        await keyturn.sessions.revoke_own_session(principal, session_id, client)
+        return Response(status_code=204)
+
+    @router.get("/audit", response_model=EventsOut)
+    async def my_audit(
+        principal: CurrentPrincipal,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> EventsOut:
+        before = decode_cursor(cursor, numeric=True)
+        events, next_seq = await keyturn.audit.list(
+            limit=limit,
+            before_seq=before if isinstance(before, int) else None,
+            user_id=principal.user.id,
+        )
+        return EventsOut(
+            events=[AuditEventOut.of(e) for e in events],
+            next_cursor=encode_cursor(next_seq) if next_seq is not None else None,
+        )
+
+    return router

@@ -1,0 +1,188 @@
+"""Request and response bodies (pydantic); field limits here keep junk away from the services."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+from keyturn.storage.records import AuditEvent, Session, User
+
+
+def _no_control_characters(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=200),
+    AfterValidator(_no_control_characters),
+]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=4096), AfterValidator(_no_nul)]
+Email = Annotated[EmailStr, StringConstraints(max_length=320)]
+
+
+class Strict(BaseModel):
+    # Unknown fields are ignored, so `is_admin` and friends can never be mass-assigned.
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+
+class RegisterRequest(Strict):
+    email: Email
+    password: Password
+    name: Name | None = None
+
+
+class LoginRequest(Strict):
+    email: Email
+    password: Password
+
+
+class RefreshRequest(Strict):
+    refresh_token: Token
+
+
+class RevokeRequest(Strict):
+    token: Token
+    token_type_hint: str | None = None
+
+
+class PasswordRequest(Strict):
+    password: Password
+
+
+class PasswordChangeRequest(Strict):
+    current_password: Password
+    new_password: Password
+
+
+class EmailChangeRequest(Strict):
+    new_email: Email
+
+
+class ProfileUpdate(Strict):
+    name: Name | None = Field(...)
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    name: str | None
+    email_verified: bool
+    is_admin: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(
+            id=user.id,
+            email=user.email,
+            name=user.name,
+            email_verified=user.email_verified,
+            is_admin=user.is_admin,
+            created_at=user.created_at,
+        )
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+    refresh_token: str
+    session_id: str
+    user: UserOut
+
+
+class SessionOut(BaseModel):
+    id: str
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    ip: str | None
+    user_agent: str | None
+    current: bool
+
+    @classmethod
+    def of(cls, session: Session, current_id: str | None) -> SessionOut:
+        return cls(
+            id=session.id,
+            created_at=session.created_at,
+            last_seen_at=session.last_seen_at,
+            expires_at=session.ends_at,
+            ip=session.ip,
+            user_agent=session.user_agent,
+            current=session.id == current_id,
+        )
+
+
+class SessionsOut(BaseModel):
+    sessions: list[SessionOut]
+
+
+class AuditEventOut(BaseModel):
+    id: str
+    type: str
+    occurred_at: datetime
+    user_id: str | None
+    session_id: str | None
+    ip: str | None
+    user_agent: str | None
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> AuditEventOut:
+        return cls(
+            id=event.id,
+            type=event.type,
+            occurred_at=event.occurred_at,
+            user_id=event.user_id,
+            session_id=event.session_id,
+            ip=event.ip,
+            user_agent=event.user_agent,
+            detail=event.detail,
+        )
+
+
+class EventsOut(BaseModel):
+    events: list[AuditEventOut]
+    next_cursor: str | None
+
+
+class UsersOut(BaseModel):
+    users: list[UserOut]
+    next_cursor: str | None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as keyturn sends them."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    request_id: str | None = None
+
+
+class OAuthTokenResponse(BaseModel):
+    """RFC 6749 section 5.1."""
+
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+    refresh_token: str
+    session_id: str
+
+
+class Status(BaseModel):
+    status: str

@@ -1,0 +1,69 @@
+"""Shared fixtures: every storage test runs on real SQLite and, when configured, real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from keyturn import Keyturn, Settings
+from keyturn.config import TEST_ARGON2
+from keyturn.web.app import create_app
+from tests.clock import FakeClock
+from tests.databases import BACKENDS, postgres_admin_url, temporary_database
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    if name == "postgresql" and not postgres_admin_url():
+        pytest.skip("KEYTURN_TEST_POSTGRES_URL is not set")
+    return name
+
+
+@pytest.fixture
+async def database_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    async with temporary_database(backend, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Cheap argon2 and no rate limits; tests that need other values override them."""
+    return Settings(
+        database_url=database_url,
+        argon2=TEST_ARGON2,
+        rate_limit=None,
+        cleanup_interval=0,
+        issuer="http://testserver",
+        cookie_secure=False,
+    )
+
+
+@pytest.fixture
+async def keyturn(settings: Settings, clock: FakeClock) -> AsyncIterator[Keyturn]:
+    instance = Keyturn(settings, clock=clock)
+    await instance.start(background=False)
+    try:
+        yield instance
+    finally:
+        await instance.stop()
+
+
+@pytest.fixture
+async def client(keyturn: Keyturn) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(keyturn), client=("203.0.113.7", 4321))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http

@@ -1,0 +1,51 @@
+"""Real databases for tests: a SQLite file, or a PostgreSQL database made and dropped per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+POSTGRES_ENV = "KEYTURN_TEST_POSTGRES_URL"
+BACKENDS = ("sqlite", "postgresql")
+
+
+def postgres_admin_url() -> str | None:
+    return os.environ.get(POSTGRES_ENV) or None
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def temporary_database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database of the given backend; its SQLAlchemy async URL."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'keyturn.db'}"
+        return
+    admin = postgres_admin_url()
+    assert admin, f"{POSTGRES_ENV} is not set"
+    name = f"keyturn_test_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(_asyncpg_dsn(admin))
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    try:
+        yield (
+            make_url(admin)
+            .set(drivername="postgresql+asyncpg", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        connection = await asyncpg.connect(_asyncpg_dsn(admin))
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()

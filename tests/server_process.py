@@ -1,0 +1,75 @@
+"""The real `keyturn serve` process, started and stopped by tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+KEYTURN = str(Path(sys.executable).with_name("keyturn"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
+    env.update({"KEYTURN_DATABASE_URL": database_url, "KEYTURN_RATE_LIMIT": "off"})
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def running_server(
+    env: Mapping[str, str],
+    *,
+    port: int | None = None,
+    cwd: Path | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[str]:
+    """Start `keyturn serve`, wait until /healthz answers, yield its base URL, then stop it."""
+    port = port or free_port()
+    log = open(Path(cwd or ".") / f"serve-{port}.log", "wb") if cwd else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        [KEYTURN, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        env=dict(env),
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"keyturn serve exited with {process.returncode}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("keyturn serve did not become healthy in 30 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if log is not subprocess.DEVNULL:
+            log.close()
