@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -168,10 +169,16 @@ def load_settings(
         cleanup_interval=_integer(env, "KEYTURN_CLEANUP_INTERVAL", 3600),
         trusted_proxies=_trusted_proxies(env),
         metrics=_metrics(env),
-        cookie_secure=not issuer.startswith("http://"),
+        cookie_secure=_cookies_need_tls(issuer),
     )
     validate(settings)
     return settings
+
+
+def _cookies_need_tls(issuer: str) -> bool:
+    """Secure cookies everywhere except plain-http development on this machine."""
+    host = (urlsplit(issuer).hostname or "").lower()
+    return not (issuer.startswith("http://") and host in {"localhost", "127.0.0.1", "::1"})
 
 
 def validate(settings: Settings) -> None:

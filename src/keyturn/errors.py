@@ -110,6 +110,11 @@ class AccountDisabled(Forbidden):
     detail = "This account is disabled."
 
 
+class CsrfRejected(Forbidden):
+    code = "csrf_failed"
+    detail = "The request was refused as a possible cross-site request forgery."
+
+
 class ReauthenticationRequired(Forbidden):
     code = "reauthentication_required"
     detail = "Enter your password again to do this."

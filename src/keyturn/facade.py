@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from keyturn.config import Settings, load_settings
+from keyturn.metrics import Metrics
 from keyturn.security.passwords import PasswordHasher
 from keyturn.services.accounts import AccountService
 from keyturn.services.admin import AdminService
@@ -50,6 +51,7 @@ class Keyturn:
         self.prefix = prefix
         self.run_migrations = run_migrations
         self.database = Database(self.settings.database_url)
+        self.metrics = Metrics()
         self.hasher = PasswordHasher(
             self.settings.argon2, concurrency=self.settings.hash_concurrency
         )
@@ -65,7 +67,8 @@ class Keyturn:
             access_token_ttl=self.settings.access_token_ttl,
             refresh_interval=self.settings.key_refresh_interval,
         )
-        self.sessions = SessionService(self.database, self.settings, clock, self.keys)
+        self.metrics.watch_hash_queue(lambda: self.hasher.queue_depth)
+        self.sessions = SessionService(self.database, self.settings, clock, self.keys, self.metrics)
         self.accounts = AccountService(
             self.database, self.settings, clock, self.hasher, self.sessions, self.throttle
         )
@@ -121,7 +124,9 @@ class Keyturn:
     def install(self, app: FastAPI) -> None:
         """Problem-details error handlers and keyturn's middleware on a host app."""
         install_handlers(app)
-        app.add_middleware(KeyturnMiddleware, trusted_proxies=self.settings.trusted_proxies)
+        app.add_middleware(
+            KeyturnMiddleware, trusted_proxies=self.settings.trusted_proxies, metrics=self.metrics
+        )
 
     @asynccontextmanager
     async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
@@ -154,8 +159,12 @@ class Keyturn:
         """Purge ended sessions now; None if another instance is doing it."""
         # A short pause between batches leaves the database to requests.
         result = await purge_ended_sessions(self.database, self.sessions.purge_batch, pause=0.01)
-        if result is not None and result[0]:
-            log.info("cleanup removed %d sessions and %d refresh tokens", *result)
+        if result is not None:
+            self.metrics.cleanup_runs.inc()
+            self.metrics.cleanup_removed.labels("sessions").inc(result[0])
+            self.metrics.cleanup_removed.labels("refresh_tokens").inc(result[1])
+            if result[0]:
+                log.info("cleanup removed %d sessions and %d refresh tokens", *result)
         return result
 
     async def stop(self) -> None:

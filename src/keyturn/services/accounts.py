@@ -10,6 +10,7 @@ from keyturn.errors import (
     InvalidCredentials,
     InvalidPassword,
     InvalidRequest,
+    KeyturnError,
     NotFound,
     ReauthenticationRequired,
 )
@@ -121,6 +122,15 @@ class AccountService:
 
     async def login(self, email: str, password: str, client: ClientInfo) -> IssuedTokens:
         """Unknown email and wrong password cost one argon2 verification each and look alike."""
+        try:
+            issued = await self._login(email, password, client)
+        except KeyturnError as error:
+            self.sessions.metrics.logins.labels(error.code).inc()
+            raise
+        self.sessions.metrics.logins.labels("succeeded").inc()
+        return issued
+
+    async def _login(self, email: str, password: str, client: ClientInfo) -> IssuedTokens:
         try:
             email = canonical_email(email)
         except InvalidRequest:

@@ -17,6 +17,7 @@ from keyturn.errors import (
     SessionExpired,
     Unauthorized,
 )
+from keyturn.metrics import Metrics
 from keyturn.security import opaque_tokens
 from keyturn.security.access_tokens import AccessClaims, AccessTokenCodec
 from keyturn.services.audit import EventType, RevokeReason, event
@@ -55,9 +56,15 @@ class Principal:
 
 class SessionService:
     def __init__(
-        self, database: Database, settings: Settings, clock: Clock, keys: KeyService
+        self,
+        database: Database,
+        settings: Settings,
+        clock: Clock,
+        keys: KeyService,
+        metrics: Metrics,
     ) -> None:
         self.database = database
+        self.metrics = metrics
         self.settings = settings
         self.clock = clock
         self.keys = keys
@@ -144,6 +151,23 @@ class SessionService:
     # --- refresh ---------------------------------------------------------------------------
 
     async def refresh(self, refresh_token: str, client: ClientInfo) -> IssuedTokens:
+        try:
+            issued = await self._refresh(refresh_token, client)
+        except RefreshTokenReused:
+            self.metrics.refreshes.labels("reused").inc()
+            self.metrics.reuse_detected.inc()
+            self.metrics.revocations.labels(RevokeReason.REFRESH_TOKEN_REUSED).inc()
+            raise
+        except SessionExpired:
+            self.metrics.refreshes.labels("expired").inc()
+            raise
+        except InvalidRefreshToken:
+            self.metrics.refreshes.labels("invalid").inc()
+            raise
+        self.metrics.refreshes.labels("rotated").inc()
+        return issued
+
+    async def _refresh(self, refresh_token: str, client: ClientInfo) -> IssuedTokens:
         """Rotate: the old token stops working and a new one is returned.
 
         The immediate predecessor presented again within the grace period yields the same
@@ -259,6 +283,8 @@ class SessionService:
             session_id=session_id,
             except_session_id=except_session_id,
         )
+        if revoked:
+            self.metrics.revocations.labels(str(reason)).inc(len(revoked))
         await audit_store.append_events(
             conn,
             [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.ids import new_id
@@ -104,7 +104,7 @@ async def touch_session(
         .where(
             sessions.c.id == session_id,
             sessions.c.revoked_at.is_(None),
-            sessions.c.last_seen_at < not_since,
+            sessions.c.last_seen_at <= not_since,
         )
         .values(last_seen_at=now, ends_at=ends_at)
     )
@@ -230,3 +230,10 @@ async def purge_ended(conn: AsyncConnection, *, now: datetime, batch_size: int) 
     tokens = await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.session_id.in_(ids)))
     removed = await conn.execute(delete(sessions).where(sessions.c.id.in_(ids)))
     return removed.rowcount, tokens.rowcount
+
+
+async def count_active_sessions(conn: AsyncConnection, *, now: datetime) -> int:
+    statement = select(func.count()).where(
+        sessions.c.ends_at > now, sessions.c.revoked_at.is_(None)
+    )
+    return int((await conn.execute(statement)).scalar_one())

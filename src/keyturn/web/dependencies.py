@@ -16,6 +16,7 @@ from keyturn.errors import Forbidden, Unauthorized
 from keyturn.services.context import ClientInfo
 from keyturn.services.sessions import Principal
 from keyturn.storage.records import Session, User
+from keyturn.web.cookies import ACCESS_COOKIE, check_csrf
 from keyturn.web.middleware import client_ip
 
 if TYPE_CHECKING:
@@ -51,6 +52,10 @@ def build_dependencies(keyturn: "Keyturn", *, token_url: str) -> Dependencies:
     async def principal(
         request: Request, token: Annotated[str | None, Depends(bearer)]
     ) -> Principal:
+        if not token:
+            token = request.cookies.get(ACCESS_COOKIE)
+            if token:
+                check_csrf(request)
         if not token:
             raise Unauthorized()
         found = await keyturn.sessions.authenticate(token)

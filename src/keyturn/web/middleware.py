@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyturn.config import IPNetwork
+from keyturn.metrics import Metrics
 from keyturn.web.problems import problem
 
 MAX_BODY_BYTES = 64 * 1024
@@ -58,9 +59,16 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class KeyturnMiddleware:
-    def __init__(self, app: ASGIApp, *, trusted_proxies: Sequence[IPNetwork] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        trusted_proxies: Sequence[IPNetwork] = (),
+        metrics: Metrics | None = None,
+    ) -> None:
         self.app = app
         self.trusted = tuple(trusted_proxies)
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,7 +111,9 @@ class KeyturnMiddleware:
                 receive = _replay(buffered, receive)
             await self.app(scope, receive, send_wrapper)
         finally:
-            self._log(scope, ip, request_id, status_holder[0], started)
+            elapsed = time.perf_counter() - started
+            self._observe(scope, status_holder[0], elapsed)
+            self._log(scope, ip, request_id, status_holder[0], elapsed)
 
     def _request_id(self, scope: Scope) -> str:
         peer = scope.get("client")
@@ -133,8 +143,15 @@ class KeyturnMiddleware:
                 break
         return b"".join(chunks)
 
+    def _observe(self, scope: Scope, status: int, elapsed: float) -> None:
+        if self.metrics is None:
+            return
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(elapsed)
+
     def _log(
-        self, scope: Scope, ip: str | None, request_id: str, status: int, started: float
+        self, scope: Scope, ip: str | None, request_id: str, status: int, elapsed: float
     ) -> None:
         if not access_log.isEnabledFor(logging.INFO):
             return
@@ -148,7 +165,7 @@ class KeyturnMiddleware:
                 "method": scope["method"],
                 "path": scope.get("path", ""),  # never the query string
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "duration_ms": round(elapsed * 1000, 3),
                 "client_ip": ip,
             },
         )

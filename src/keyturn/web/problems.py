@@ -33,6 +33,7 @@ STATUS: dict[type[errors.KeyturnError], tuple[int, str]] = {
     errors.Forbidden: (403, "Forbidden"),
     errors.AccountDisabled: (403, "Account disabled"),
     errors.ReauthenticationRequired: (403, "Reauthentication required"),
+    errors.CsrfRejected: (403, "Cross-site request refused"),
     errors.TooManyRequests: (429, "Too many requests"),
     errors.TooManyAttempts: (429, "Too many attempts"),
     errors.Unavailable: (503, "Service unavailable"),

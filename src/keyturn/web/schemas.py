@@ -95,10 +95,12 @@ class UserOut(BaseModel):
 
 
 class TokenResponse(BaseModel):
-    access_token: str
+    """`access_token` and `refresh_token` are null in cookie mode (they are in HttpOnly cookies)."""
+
+    access_token: str | None
     token_type: str = "Bearer"
     expires_in: int
-    refresh_token: str
+    refresh_token: str | None
     session_id: str
     user: UserOut
 

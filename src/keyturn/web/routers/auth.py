@@ -10,6 +10,13 @@ from keyturn import errors
 from keyturn.services.context import ClientInfo
 from keyturn.services.sessions import IssuedTokens, Principal
 from keyturn.services.throttle import Action
+from keyturn.web.cookies import (
+    REFRESH_COOKIE,
+    check_csrf,
+    clear_session_cookies,
+    set_session_cookies,
+    wants_cookies,
+)
 from keyturn.web.problems import problem_body, request_id_of
 from keyturn.web.schemas import (
     LoginRequest,
@@ -32,11 +39,12 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def token_response(issued: IssuedTokens) -> TokenResponse:
+def token_response(issued: IssuedTokens, *, in_cookies: bool = False) -> TokenResponse:
+    """The token response; in cookie mode the tokens are in HttpOnly cookies, not the body."""
     return TokenResponse(
-        access_token=issued.access_token,
+        access_token=None if in_cookies else issued.access_token,
         expires_in=issued.expires_in,
-        refresh_token=issued.refresh_token,
+        refresh_token=None if in_cookies else issued.refresh_token,
         session_id=issued.session.id,
         user=UserOut.of(issued.user),
     )
@@ -48,16 +56,27 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
     Client = Annotated[ClientInfo, Depends(deps.client)]
     CurrentPrincipal = Annotated[Principal, Depends(deps.principal)]
 
+    def answer(request: Request, response: Response, issued: IssuedTokens) -> TokenResponse:
+        in_cookies = wants_cookies(request)
+        if in_cookies:
+            set_session_cookies(response, issued, keyturn.settings, prefix=keyturn.prefix)
+        return token_response(issued, in_cookies=in_cookies)
+
     @router.post("/register", status_code=201, response_model=TokenResponse)
-    async def register(body: RegisterRequest, client: Client) -> TokenResponse:
+    async def register(
+        body: RegisterRequest, client: Client, request: Request, response: Response
+    ) -> TokenResponse:
         await keyturn.throttle.hit(Action.REGISTER, client.ip)
         issued = await keyturn.accounts.register(body.email, body.password, body.name, client)
-        return token_response(issued)
+        return answer(request, response, issued)
 
     @router.post("/login", response_model=TokenResponse)
-    async def login(body: LoginRequest, client: Client) -> TokenResponse:
+    async def login(
+        body: LoginRequest, client: Client, request: Request, response: Response
+    ) -> TokenResponse:
         await keyturn.throttle.hit(Action.LOGIN, client.ip)
-        return token_response(await keyturn.accounts.login(body.email, body.password, client))
+        issued = await keyturn.accounts.login(body.email, body.password, client)
+        return answer(request, response, issued)
 
     @router.post("/token", response_model=OAuthTokenResponse)
     async def token(
@@ -95,9 +114,24 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         return JSONResponse(body.model_dump(), headers={"Pragma": "no-cache"})
 
     @router.post("/refresh", response_model=TokenResponse)
-    async def refresh(body: RefreshRequest, client: Client) -> TokenResponse:
+    async def refresh(
+        client: Client, request: Request, response: Response, body: RefreshRequest | None = None
+    ) -> TokenResponse:
+        """The token from the body; or, for cookie clients, from the refresh cookie."""
         await keyturn.throttle.hit(Action.REFRESH, client.ip)
-        return token_response(await keyturn.sessions.refresh(body.refresh_token, client))
+        if body is not None:
+            issued = await keyturn.sessions.refresh(body.refresh_token, client)
+            return answer(request, response, issued)
+        cookie = request.cookies.get(REFRESH_COOKIE)
+        if not cookie:
+            raise errors.InvalidRequest(
+                "A refresh_token is required.",
+                fields=[{"field": "refresh_token", "message": "Field required"}],
+            )
+        check_csrf(request)
+        issued = await keyturn.sessions.refresh(cookie, client)
+        set_session_cookies(response, issued, keyturn.settings, prefix=keyturn.prefix)
+        return token_response(issued, in_cookies=True)
 
     @router.post("/logout", status_code=204)
     async def logout(
@@ -106,7 +140,10 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         scope: Annotated[Literal["local", "others", "global"], Query()] = "local",
     ) -> Response:
         await keyturn.sessions.logout(principal, scope, client)
-        return Response(status_code=204)
+        response = Response(status_code=204)
+        if scope != "others":
+            clear_session_cookies(response, keyturn.settings, prefix=keyturn.prefix)
+        return response
 
     @router.post("/revoke", status_code=200)
     async def revoke(request: Request, client: Client) -> Response:

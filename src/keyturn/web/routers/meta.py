@@ -1,11 +1,15 @@
 """Public keys and health: /.well-known/jwks.json, /healthz, /readyz."""
 
+import ipaddress
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from keyturn.errors import NotFound
+from keyturn.metrics import CONTENT_TYPE
 from keyturn.storage.migrate import is_current
+from keyturn.storage.sessions import count_active_sessions
 
 if TYPE_CHECKING:
     from keyturn.facade import Keyturn
@@ -44,4 +48,23 @@ def build_meta_router(keyturn: "Keyturn") -> APIRouter:
             status_code=200 if ready else 503,
         )
 
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text. `local`: loopback peers only (the socket, never X-Forwarded-For)."""
+        mode = keyturn.settings.metrics
+        peer = request.client.host if request.client else None
+        if mode == "off" or (mode == "local" and not _is_loopback(peer)):
+            raise NotFound()
+        async with keyturn.database.read() as conn:
+            active = await count_active_sessions(conn, now=keyturn.clock())
+        keyturn.metrics.active_sessions.set(active)
+        return Response(keyturn.metrics.render(), media_type=CONTENT_TYPE)
+
     return router
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,147 @@
+"""The real `keyturn serve` process and CLI, as a new user runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.actions import PASSWORD
+from tests.server_process import KEYTURN, free_port, running_server, server_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KEYTURN, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_readme_walkthrough_against_the_real_server(database_url: str, tmp_path: Path) -> None:
+    with (
+        running_server(server_env(database_url), cwd=tmp_path) as base,
+        httpx.Client(base_url=base) as http,
+    ):
+        registered = http.post(
+            "/auth/register",
+            json={"email": "ada@example.com", "password": PASSWORD, "name": "Ada"},
+        )
+        assert registered.status_code == 201
+        assert registered.headers["x-request-id"]
+        tokens = http.post(
+            "/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
+        ).json()
+        auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+        assert http.get("/me", headers=auth).json()["email"] == "ada@example.com"
+        refreshed = http.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+        assert refreshed.status_code == 200
+        auth = {"Authorization": f"Bearer {refreshed.json()['access_token']}"}
+        assert http.post("/auth/logout", headers=auth).status_code == 204
+        after = http.get("/me", headers=auth)
+        assert after.status_code == 401
+        assert after.json()["code"] == "unauthorized"
+        assert http.get("/.well-known/jwks.json").json()["keys"]
+        assert http.get("/readyz").status_code == 200
+    log = next(tmp_path.glob("serve-*.log")).read_text()
+    assert PASSWORD not in log
+    assert tokens["refresh_token"] not in log
+    assert tokens["access_token"] not in log
+    assert "Traceback" not in log
+
+
+def test_serve_refuses_an_invalid_setting_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}", KEYTURN_ACCESS_TOKEN_TTL="-5")
+    result = _cli("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "KEYTURN_ACCESS_TOKEN_TTL" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_users_create_reads_the_password_from_stdin_and_migrate_is_idempotent(
+    database_url: str,
+) -> None:
+    env = server_env(database_url)
+    assert _cli("migrate", env=env).returncode == 0
+    assert _cli("migrate", env=env).returncode == 0
+    created = _cli("users", "create", "root@example.com", "--admin", "--name", "Root", env=env,
+                   stdin=PASSWORD + "\n")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert "admin" in created.stdout
+    duplicate = _cli("users", "create", "root@example.com", env=env, stdin=PASSWORD + "\n")
+    assert duplicate.returncode == 1
+    assert "already exists" in duplicate.stderr
+    weak = _cli("users", "create", "weak@example.com", env=env, stdin="password\n")
+    assert weak.returncode == 1
+    assert "common" in weak.stderr
+
+
+def test_make_run_serves_on_port_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **server_env(f"sqlite+aiosqlite:///{tmp_path / 'run.db'}"),
+        "PORT": str(port),
+        "PYTHON": sys.executable,
+    }
+    output = (tmp_path / "make-run.log").open("wb")
+    process = subprocess.Popen(
+        ["make", "-s", "run"], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, (tmp_path / "make-run.log").read_text()
+            assert time.monotonic() < deadline, "make run did not serve within 60 s"
+            time.sleep(0.2)
+        assert (tmp_path / "run.db").exists()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        output.close()
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(database_url: str, tmp_path: Path) -> None:
+    """SIGTERM while logins (argon2 at production cost) queue up: every one still answers 200."""
+    env = server_env(database_url)
+    finished: list[tuple[int, float]] = []
+    with running_server(env, cwd=tmp_path) as base:
+        httpx.post(f"{base}/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
+        port = base.rsplit(":", 1)[1]
+        pid = int(
+            subprocess.run(
+                ["pgrep", "-f", f"keyturn serve --host 127.0.0.1 --port {port}"],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()[0]
+        )  # fmt: skip
+
+        http = httpx.Client(base_url=base, timeout=30, limits=httpx.Limits(max_connections=16))
+
+        def login() -> None:
+            body = {"email": "ada@example.com", "password": PASSWORD}
+            finished.append((http.post("/auth/login", json=body).status_code, time.monotonic()))
+
+        workers = [threading.Thread(target=login) for _ in range(12)]
+        for worker in workers:
+            worker.start()
+        time.sleep(0.4)  # connections open, logins queued on the one-thread hasher
+        terminated_at = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        for worker in workers:
+            worker.join(timeout=30)
+        http.close()
+    assert [status for status, _ in finished] == [200] * 12
+    assert any(at > terminated_at for _, at in finished), "nothing was in flight at SIGTERM"

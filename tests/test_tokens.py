@@ -1,0 +1,117 @@
+"""Opaque tokens, successor derivation, and access-token signing (unit tests)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+
+from keyturn.errors import Unauthorized
+from keyturn.security import opaque_tokens
+from keyturn.security.access_tokens import AccessTokenCodec
+from keyturn.security.signing_keys import KeyRing, generate_key, load_private
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def test_refresh_tokens_carry_256_bits_and_never_repeat() -> None:
+    tokens = {opaque_tokens.new_token() for _ in range(1000)}
+    assert len(tokens) == 1000
+    raw = base64.urlsafe_b64decode(next(iter(tokens)) + "=")
+    assert len(raw) * 8 >= 256
+
+
+def test_only_a_hash_is_stored_and_it_is_stable() -> None:
+    token = opaque_tokens.new_token()
+    digest = opaque_tokens.hash_token(token)
+    assert digest == opaque_tokens.hash_token(token)
+    assert token not in digest
+    assert len(digest) == 64
+
+
+def test_successor_is_deterministic_per_session_key_and_unguessable_without_it() -> None:
+    key, other_key = opaque_tokens.new_key(), opaque_tokens.new_key()
+    token = opaque_tokens.new_token()
+    successor = opaque_tokens.derive_successor(key, token)
+    assert successor == opaque_tokens.derive_successor(key, token)
+    assert successor != opaque_tokens.derive_successor(other_key, token)
+    assert successor != token
+
+
+def _ring() -> KeyRing:
+    generated = generate_key()
+    private = load_private(generated.private_pem)
+    return KeyRing(
+        signing_kid=generated.kid,
+        signing_key=private,
+        verification_keys={generated.kid: private.public_key()},
+        published=[generated.public_jwk],
+    )
+
+
+def test_access_token_has_the_contract_claims_and_kid() -> None:
+    ring = _ring()
+    codec = AccessTokenCodec(ring, issuer="https://auth.example", ttl=900)
+    token, ttl = codec.issue(user_id="u1", session_id="s1", now=NOW)
+    header = jwt.get_unverified_header(token)
+    assert header["kid"] == ring.signing_kid
+    assert header["alg"] == "EdDSA"
+    claims = codec.verify(token, now=NOW + timedelta(seconds=899))
+    assert (claims.subject, claims.session_id, ttl) == ("u1", "s1", 900)
+
+
+def test_expired_tampered_and_foreign_tokens_are_refused() -> None:
+    ring = _ring()
+    codec = AccessTokenCodec(ring, issuer="https://auth.example", ttl=900)
+    token, _ = codec.issue(user_id="u1", session_id="s1", now=NOW)
+    with pytest.raises(Unauthorized):
+        AccessTokenCodec(ring, issuer="https://auth.example", ttl=900).verify(
+            token, now=NOW + timedelta(seconds=900)
+        )
+    header, payload, signature = token.split(".")
+    with pytest.raises(Unauthorized):
+        codec.verify(f"{header}.{payload}.{signature[:-4]}AAAA", now=NOW)
+    other = AccessTokenCodec(_ring(), issuer="https://auth.example", ttl=900)
+    with pytest.raises(Unauthorized):
+        other.verify(token, now=NOW)
+    with pytest.raises(Unauthorized):
+        AccessTokenCodec(ring, issuer="https://evil.example", ttl=900).verify(token, now=NOW)
+    for junk in ("", "abc", "a.b.c", "\x00" * 10):
+        with pytest.raises(Unauthorized):
+            codec.verify(junk, now=NOW)
+
+
+def test_an_unsigned_token_is_refused() -> None:
+    ring = _ring()
+    codec = AccessTokenCodec(ring, issuer="https://auth.example", ttl=900)
+    forged = jwt.encode(
+        {
+            "iss": "https://auth.example",
+            "sub": "u1",
+            "sid": "s1",
+            "iat": 1,
+            "exp": 2**40,
+            "jti": "x",
+        },
+        key=None,
+        algorithm="none",
+        headers={"kid": ring.signing_kid},
+    )
+    with pytest.raises(Unauthorized):
+        codec.verify(forged, now=NOW)
+
+
+def test_remembered_tokens_still_expire() -> None:
+    codec = AccessTokenCodec(_ring(), issuer="https://auth.example", ttl=60)
+    token, _ = codec.issue(user_id="u1", session_id="s1", now=NOW)
+    codec.verify(token, now=NOW)
+    with pytest.raises(Unauthorized):
+        codec.verify(token, now=NOW + timedelta(seconds=61))
+
+
+def test_jwk_is_public_only() -> None:
+    jwk = generate_key().public_jwk
+    assert set(jwk) == {"kty", "crv", "x", "kid", "alg", "use"}
+    assert "d" not in jwk
