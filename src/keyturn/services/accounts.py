@@ -60,7 +60,34 @@ class AccountService:
         self, email: str, password: str, *, name: str | None = None, is_admin: bool = False
     ) -> User:
         """A new account without a session (the CLI's `users create`)."""
+        user, _ = await self._create(
+            email, password, name=name, is_admin=is_admin, client=ClientInfo(), with_session=False
+        )
+        return user
+
+    async def register(
+        self, email: str, password: str, name: str | None, client: ClientInfo
+    ) -> IssuedTokens:
+        """A new account, logged in at once (a new session)."""
+        _, issued = await self._create(
+            email, password, name=name, is_admin=False, client=client, with_session=True
+        )
+        if issued is None:
+            raise RuntimeError("registration opened no session")
+        return issued
+
+    async def _create(
+        self,
+        email: str,
+        password: str,
+        *,
+        name: str | None,
+        is_admin: bool,
+        client: ClientInfo,
+        with_session: bool,
+    ) -> tuple[User, IssuedTokens | None]:
         email = canonical_email(email)
+        # Hash before the transaction opens: no lock is ever held while argon2 runs.
         password_hash = await self.hasher.hash(check_strength(password, email=email))
         now = self.clock()
         async with self.database.write() as conn:
@@ -73,52 +100,21 @@ class AccountService:
                 is_admin=is_admin,
                 now=now,
             )
-            await audit_store.append_events(
-                conn,
-                [
-                    event(
-                        EventType.USER_REGISTERED,
-                        now=now,
-                        client=ClientInfo(),
-                        user_id=user.id,
-                        via="cli",
-                        is_admin=is_admin,
-                    )
-                ],
+            issued = (
+                await self.sessions.open_session(conn, user, client, now=now)
+                if with_session
+                else None
             )
-        return user
-
-    async def register(
-        self, email: str, password: str, name: str | None, client: ClientInfo
-    ) -> IssuedTokens:
-        email = canonical_email(email)
-        # Hash before the transaction opens: no lock is ever held while argon2 runs.
-        password_hash = await self.hasher.hash(check_strength(password, email=email))
-        now = self.clock()
-        async with self.database.write() as conn:
-            user = await user_store.insert_user(
-                conn,
-                user_id=new_id(),
-                email=email,
-                name=name,
-                password_hash=password_hash,
-                is_admin=False,
+            registered = event(
+                EventType.USER_REGISTERED,
                 now=now,
+                client=client,
+                user_id=user.id,
+                session_id=issued.session.id if issued else None,
+                is_admin=is_admin,
             )
-            issued = await self.sessions.open_session(conn, user, client, now=now)
-            await audit_store.append_events(
-                conn,
-                [
-                    event(
-                        EventType.USER_REGISTERED,
-                        now=now,
-                        client=client,
-                        user_id=user.id,
-                        session_id=issued.session.id,
-                    )
-                ],
-            )
-        return issued
+            await audit_store.append_events(conn, [registered])
+        return user, issued
 
     async def login(self, email: str, password: str, client: ClientInfo) -> IssuedTokens:
         """Unknown email and wrong password cost one argon2 verification each and look alike."""

@@ -237,7 +237,7 @@ class SessionService:
     async def _revoke_for_reuse(
         self, conn: AsyncConnection, session: Session, client: ClientInfo, now: datetime
     ) -> None:
-        await session_store.revoke_sessions(
+        revoked = await session_store.revoke_sessions(
             conn,
             user_id=session.user_id,
             session_id=session.id,
@@ -250,15 +250,12 @@ class SessionService:
             "user_id": session.user_id,
             "session_id": session.id,
         }
-        await audit_store.append_events(
-            conn,
-            [
-                event(EventType.REFRESH_TOKEN_REUSED, **common),
-                event(
-                    EventType.SESSION_REVOKED, reason=RevokeReason.REFRESH_TOKEN_REUSED, **common
-                ),
-            ],
-        )
+        events = [event(EventType.REFRESH_TOKEN_REUSED, **common)]
+        if revoked:  # a concurrent detection may have revoked it a moment ago
+            events.append(
+                event(EventType.SESSION_REVOKED, reason=RevokeReason.REFRESH_TOKEN_REUSED, **common)
+            )
+        await audit_store.append_events(conn, events)
 
     # --- revocation ------------------------------------------------------------------------
 

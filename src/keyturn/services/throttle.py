@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from enum import StrEnum
 
 from limits import RateLimitItem, RateLimitItemPerSecond, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
 from keyturn.errors import TooManyAttempts, TooManyRequests, Unavailable
@@ -26,6 +28,9 @@ class Action(StrEnum):
     TOKEN = "token"
     REFRESH = "refresh"
     REAUTHENTICATE = "reauthenticate"
+
+
+_FAILURES = "login-failures"
 
 
 def _storage(redis_url: str | None) -> Storage:
@@ -52,42 +57,34 @@ class Throttle:
     ) -> None:
         self.storage = _storage(redis_url)
         self._rates: list[RateLimitItem] = parse_many(rate_limit) if rate_limit else []
-        self._rate_limiter = MovingWindowRateLimiter(self.storage)
+        # A moving window: no burst of twice the limit across a window boundary.
+        self._limiter = MovingWindowRateLimiter(self.storage)
         self._failures = RateLimitItemPerSecond(login_failure_limit, login_failure_window)
-        self._failure_limiter = FixedWindowRateLimiter(self.storage)
 
     async def hit(self, action: Action, client_ip: str | None) -> None:
         """Count one request; raise `TooManyRequests` when this IP is over any configured rate."""
-        if not self._rates:
-            return
         key = client_ip or "unknown"
-        try:
+        async with _store_errors():
             for item in self._rates:
-                if not await self._rate_limiter.hit(item, str(action), key):
-                    stats = await self._rate_limiter.get_window_stats(item, str(action), key)
+                if not await self._limiter.hit(item, str(action), key):
+                    stats = await self._limiter.get_window_stats(item, str(action), key)
                     raise TooManyRequests(_seconds_until(stats.reset_time))
-        except (StorageError, ConnectionError, OSError) as error:
-            raise Unavailable("The rate limit store is unreachable.") from error
 
     async def check_login_allowed(self, email: str) -> None:
         """Refuse before any password check once an email has too many recent failures."""
-        try:
-            allowed = await self._failure_limiter.test(
-                self._failures, "login-failures", _email_key(email)
-            )
-            if not allowed:
-                stats = await self._failure_limiter.get_window_stats(
-                    self._failures, "login-failures", _email_key(email)
-                )
+        key = _email_key(email)
+        async with _store_errors():
+            if not await self._limiter.test(self._failures, _FAILURES, key):
+                stats = await self._limiter.get_window_stats(self._failures, _FAILURES, key)
                 raise TooManyAttempts(_seconds_until(stats.reset_time))
-        except (StorageError, ConnectionError, OSError) as error:
-            raise Unavailable("The rate limit store is unreachable.") from error
 
     async def record_login_failure(self, email: str) -> None:
-        await self._failure_limiter.hit(self._failures, "login-failures", _email_key(email))
+        async with _store_errors():
+            await self._limiter.hit(self._failures, _FAILURES, _email_key(email))
 
     async def clear_login_failures(self, email: str) -> None:
-        await self._failure_limiter.clear(self._failures, "login-failures", _email_key(email))
+        async with _store_errors():
+            await self._limiter.clear(self._failures, _FAILURES, _email_key(email))
 
     async def ping(self) -> bool:
         try:
@@ -98,6 +95,15 @@ class Throttle:
     async def reset(self) -> None:
         """Forget every count (tests and operators)."""
         await self.storage.reset()
+
+
+@asynccontextmanager
+async def _store_errors() -> AsyncIterator[None]:
+    """An unreachable Redis is a clean 503, never a 500 (and never silently no limit)."""
+    try:
+        yield
+    except (StorageError, ConnectionError, OSError) as error:
+        raise Unavailable("The rate limit store is unreachable.") from error
 
 
 def _seconds_until(reset_time: float) -> int:

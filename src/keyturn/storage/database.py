@@ -103,6 +103,16 @@ class Database:
             await self._writer.dispose()
 
 
+# PostgreSQL: deadlock detected, serialization failure, lock not available, too many connections.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03", "53300"})
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    original = error.orig
+    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
 @asynccontextmanager
 async def _translate_errors() -> AsyncIterator[None]:
     """A database that is down or locked becomes a clean 503, never a 500 with SQL in it."""
@@ -113,6 +123,8 @@ async def _translate_errors() -> AsyncIterator[None]:
     except DBAPIError as error:
         if error.connection_invalidated:
             raise Unavailable("The database connection was lost; try again.") from error
+        if _sqlstate(error) in _TRANSIENT_SQLSTATES:
+            raise Unavailable("The database was busy; try again.") from error
         raise
     except (OSError, TimeoutError, PoolTimeout) as error:
         raise Unavailable("The database is unreachable; try again.") from error

@@ -9,9 +9,8 @@ from keyturn.services.context import ClientInfo
 from keyturn.services.sessions import Principal
 from keyturn.web.routers.auth import PROBLEMS
 from keyturn.web.routers.me import ID_PATTERN
-from keyturn.web.routers.pagination import decode_cursor, encode_cursor
+from keyturn.web.routers.pagination import audit_page, decode_cursor, encode_cursor
 from keyturn.web.schemas import (
-    AuditEventOut,
     EventsOut,
     SessionOut,
     SessionsOut,
@@ -77,16 +76,8 @@ def build_admin_router(keyturn: "Keyturn") -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Query(max_length=64)] = None,
     ) -> EventsOut:
-        before = decode_cursor(cursor, numeric=True)
-        events, next_seq = await keyturn.audit.list(
-            limit=limit,
-            before_seq=before if isinstance(before, int) else None,
-            user_id=user_id,
-            type=type,
-        )
-        return EventsOut(
-            events=[AuditEventOut.of(e) for e in events],
-            next_cursor=encode_cursor(next_seq) if next_seq is not None else None,
+        return await audit_page(
+            keyturn.audit, limit=limit, cursor=cursor, user_id=user_id, type=type
         )
 
     return router

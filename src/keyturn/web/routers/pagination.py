@@ -6,6 +6,8 @@ import base64
 import binascii
 
 from keyturn.errors import InvalidRequest
+from keyturn.services.audit import AuditService
+from keyturn.web.schemas import AuditEventOut, EventsOut
 
 
 def encode_cursor(value: int | str) -> str:
@@ -26,3 +28,25 @@ def decode_cursor(cursor: str | None, *, numeric: bool) -> int | str | None:
         raise InvalidRequest(
             "The cursor is not valid.", fields=[{"field": "cursor", "message": "invalid cursor"}]
         ) from None
+
+
+async def audit_page(
+    audit: AuditService,
+    *,
+    limit: int,
+    cursor: str | None,
+    user_id: str | None = None,
+    type: str | None = None,
+) -> EventsOut:
+    """One page of audit events, newest first; the cursor stays valid while events arrive."""
+    before = decode_cursor(cursor, numeric=True)
+    events, next_seq = await audit.list(
+        limit=limit,
+        before_seq=before if isinstance(before, int) else None,
+        user_id=user_id,
+        type=type,
+    )
+    return EventsOut(
+        events=[AuditEventOut.of(e) for e in events],
+        next_cursor=encode_cursor(next_seq) if next_seq is not None else None,
+    )
