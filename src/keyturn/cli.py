@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from keyturn.config import Settings, load_settings
 from keyturn.errors import ConfigError, KeyturnError
 
@@ -73,6 +75,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(prepare())
     except KeyturnError as error:
         print(f"keyturn: cannot start: {error.detail}", file=sys.stderr)
+        return 1
+    except (OSError, SQLAlchemyError) as error:
+        print(f"keyturn: cannot start: database error ({type(error).__name__})", file=sys.stderr)
         return 1
     os.environ["KEYTURN_BIND_HOST"] = host
     os.environ["KEYTURN_BIND_PORT"] = str(port)

@@ -51,7 +51,7 @@ async def _single_runner(database: Database) -> AsyncIterator[bool]:
     if database.dialect != "postgresql":
         yield True
         return
-    async with database.engine.connect() as lock_conn:
+    async with database.connect() as lock_conn:
         statement = f"SELECT pg_try_advisory_lock({_CLEANUP_LOCK})"
         got = bool((await lock_conn.exec_driver_sql(statement)).scalar())
         await lock_conn.commit()

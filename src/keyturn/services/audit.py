@@ -114,7 +114,8 @@ class AuditService:
 
     async def verify(self) -> ChainReport:
         """Walk the chain from its anchor; report the first event changed, removed or moved."""
-        async with self.database.read() as conn:
+        # One snapshot: events appended while we walk must not look like a broken head.
+        async with self.database.snapshot() as conn:
             head = await audit_store.chain_head(conn)
             expected_seq, expected_prev = head.pruned_through_seq + 1, head.pruned_hash
             checked = 0

@@ -80,13 +80,31 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with _translate_errors(), self._reader.connect() as connection:
+        async with translate_errors(), self._reader.connect() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A writer connection whose transactions the caller manages (migrations, locks)."""
+        async with translate_errors(), self._writer.connect() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """Like `read()`, but every statement sees the same state (for reads that span many).
+
+        PostgreSQL's default READ COMMITTED gives each statement a new snapshot; SQLite's
+        deferred transaction already keeps one from its first read (WAL mode).
+        """
+        async with translate_errors(), self._reader.connect() as connection:
+            if self.dialect == "postgresql":
+                await connection.execution_options(isolation_level="REPEATABLE READ")
             yield connection
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that commits when the block ends and rolls back when it raises."""
-        async with _translate_errors(), self._writer.begin() as connection:
+        async with translate_errors(), self._writer.begin() as connection:
             yield connection
 
     async def ping(self) -> bool:
@@ -114,7 +132,7 @@ def _sqlstate(error: DBAPIError) -> str | None:
 
 
 @asynccontextmanager
-async def _translate_errors() -> AsyncIterator[None]:
+async def translate_errors() -> AsyncIterator[None]:
     """A database that is down or locked becomes a clean 503, never a 500 with SQL in it."""
     try:
         yield

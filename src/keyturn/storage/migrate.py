@@ -39,7 +39,7 @@ def _current(connection: Connection) -> str | None:
 
 async def upgrade(database: Database) -> None:
     """Bring the schema to the newest revision; safe when several instances start at once."""
-    async with database.engine.connect() as connection:
+    async with database.connect() as connection:
         if database.dialect == "postgresql":
             await connection.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
             await connection.commit()
@@ -53,7 +53,19 @@ async def upgrade(database: Database) -> None:
 
 
 async def is_current(database: Database) -> bool:
-    """True when the database is at the newest revision (readiness)."""
+    """Readiness: the schema is at this code's newest revision, or ahead of it.
+
+    Ahead is fine: in a rolling deploy the new release migrates first (migrations are
+    backwards compatible), and the old instances must keep serving until they are replaced.
+    """
     async with database.read() as connection:
         current = await connection.run_sync(_current)
-    return current == head_revision()
+    if current is None:
+        return False
+    if current == head_revision():
+        return True
+    return current not in _known_revisions()
+
+
+def _known_revisions() -> set[str]:
+    return {s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()}

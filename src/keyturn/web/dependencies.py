@@ -46,8 +46,9 @@ def build_dependencies(keyturn: "Keyturn", *, token_url: str) -> Dependencies:
         ip = getattr(request.state, "client_ip", None)
         if ip is None:  # host app without keyturn's middleware
             ip = client_ip(request.scope, trusted)
-        agent = request.headers.get("user-agent")
-        return ClientInfo(ip=ip, user_agent=agent[:MAX_USER_AGENT] if agent else None)
+        # PostgreSQL text cannot hold NUL; uvicorn refuses it in a header, other servers may not.
+        agent = request.headers.get("user-agent", "").replace("\x00", "")[:MAX_USER_AGENT]
+        return ClientInfo(ip=ip, user_agent=agent or None)
 
     async def principal(
         request: Request, token: Annotated[str | None, Depends(bearer)]

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from keyturn.errors import NotFound
 from keyturn.services.context import ClientInfo
 from keyturn.services.sessions import Principal
-from keyturn.web.routers.auth import PROBLEMS
+from keyturn.web.routers.auth import NOT_FOUND, PROBLEMS
 from keyturn.web.routers.me import ID_PATTERN
 from keyturn.web.routers.pagination import audit_page, decode_cursor, encode_cursor
 from keyturn.web.schemas import (
@@ -50,21 +50,21 @@ def build_admin_router(keyturn: "Keyturn") -> APIRouter:
             next_cursor=encode_cursor(last_id) if last_id else None,
         )
 
-    @router.get("/users/{user_id}/sessions", response_model=SessionsOut)
+    @router.get("/users/{user_id}/sessions", response_model=SessionsOut, responses=NOT_FOUND)
     async def user_sessions(user_id: str, _admin: Admin) -> SessionsOut:
         found = await keyturn.admin.user_sessions(_user_id(user_id))
         return SessionsOut(sessions=[SessionOut.of(s, None) for s in found])
 
-    @router.delete("/users/{user_id}/sessions", status_code=204)
+    @router.delete("/users/{user_id}/sessions", status_code=204, responses=NOT_FOUND)
     async def revoke_user_sessions(user_id: str, admin: Admin, client: Client) -> Response:
         await keyturn.admin.revoke_user_sessions(admin, _user_id(user_id), client)
         return Response(status_code=204)
 
-    @router.post("/users/{user_id}/disable", response_model=UserOut)
+    @router.post("/users/{user_id}/disable", response_model=UserOut, responses=NOT_FOUND)
     async def disable(user_id: str, admin: Admin, client: Client) -> UserOut:
         return UserOut.of(await keyturn.admin.set_disabled(admin, _user_id(user_id), True, client))
 
-    @router.post("/users/{user_id}/enable", response_model=UserOut)
+    @router.post("/users/{user_id}/enable", response_model=UserOut, responses=NOT_FOUND)
     async def enable(user_id: str, admin: Admin, client: Client) -> UserOut:
         return UserOut.of(await keyturn.admin.set_disabled(admin, _user_id(user_id), False, client))
 

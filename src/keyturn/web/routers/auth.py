@@ -33,10 +33,16 @@ from keyturn.web.schemas import (
 if TYPE_CHECKING:
     from keyturn.facade import Keyturn
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (400, 401, 403, 409, 422, 429)
+# Problems are sent as application/problem+json; the schema must be declared there, or OpenAPI
+# clients (and Schemathesis) validate nothing. `model` registers the Problem component.
+PROBLEM: dict[str, Any] = {
+    "model": Problem,
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
 }
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: PROBLEM for code in (400, 401, 403, 409, 422, 429)
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: PROBLEM}
 
 
 def token_response(issued: IssuedTokens, *, in_cookies: bool = False) -> TokenResponse:
@@ -145,7 +151,7 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
             clear_session_cookies(response, keyturn.settings, prefix=keyturn.prefix)
         return response
 
-    @router.post("/revoke", status_code=200)
+    @router.post("/revoke", status_code=200, response_class=Response)
     async def revoke(request: Request, client: Client) -> Response:
         """RFC 7009: always 200, whether or not the token was known."""
         token = await _revocation_token(request)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from keyturn.errors import NotFound
 from keyturn.services.context import ClientInfo
 from keyturn.services.sessions import Principal
-from keyturn.web.routers.auth import PROBLEMS
+from keyturn.web.routers.auth import NOT_FOUND, PROBLEMS
 from keyturn.web.routers.pagination import audit_page
 from keyturn.web.schemas import (
     EmailChangeRequest,
@@ -67,7 +67,7 @@ def build_me_router(keyturn: "Keyturn") -> APIRouter:
         found = await keyturn.sessions.list_active(principal.user.id)
         return SessionsOut(sessions=[SessionOut.of(s, principal.session.id) for s in found])
 
-    @router.delete("/sessions/{session_id}", status_code=204)
+    @router.delete("/sessions/{session_id}", status_code=204, responses=NOT_FOUND)
     async def revoke_my_session(
         session_id: str, principal: CurrentPrincipal, client: Client
     ) -> Response:

@@ -53,7 +53,10 @@ def build_meta_router(keyturn: "Keyturn") -> APIRouter:
         """Prometheus text. `local`: loopback peers only (the socket, never X-Forwarded-For)."""
         mode = keyturn.settings.metrics
         peer = request.client.host if request.client else None
-        if mode == "off" or (mode == "local" and not _is_loopback(peer)):
+        # Behind a proxy on the same host every client looks like loopback: a forwarded
+        # request is never "local".
+        forwarded = "x-forwarded-for" in request.headers or "forwarded" in request.headers
+        if mode == "off" or (mode == "local" and (forwarded or not _is_loopback(peer))):
             raise NotFound()
         async with keyturn.database.read() as conn:
             active = await count_active_sessions(conn, now=keyturn.clock())

@@ -20,7 +20,10 @@ def decode_cursor(cursor: str | None, *, numeric: bool) -> int | str | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         if numeric:
-            return int(raw)
+            value = int(raw)
+            if not 0 <= value < 2**63:  # a BIGINT column: larger values fail in the driver
+                raise ValueError(raw)
+            return value
         if not raw.isalnum() or len(raw) > 64:
             raise ValueError(raw)
         return raw
