@@ -191,7 +191,7 @@ class AccountService:
 
     async def reauthenticate(self, principal: Principal, password: str, client: ClientInfo) -> None:
         """The password, entered again: the session counts as fresh from now."""
-        await self._check_password(principal.user, password)
+        await self._check_password(principal, password, client)
         now = self.clock()
         async with self.database.write() as conn:
             await self.sessions.mark_fresh(conn, principal.session.id, now)
@@ -208,9 +208,26 @@ class AccountService:
                 ],
             )
 
-    async def _check_password(self, user: User, password: str) -> None:
-        if not await self.hasher.verify(user.password_hash, password):
-            raise InvalidPassword()
+    async def _check_password(
+        self, principal: Principal, password: str, client: ClientInfo
+    ) -> None:
+        """A password typed inside a session: wrong guesses count against the account exactly
+        like failed logins, so a stolen access token is no password-guessing oracle."""
+        email = principal.user.email
+        await self.throttle.check_login_allowed(email)
+        if await self.hasher.verify(principal.user.password_hash, password):
+            return
+        await self.throttle.record_login_failure(email)
+        failed = event(
+            EventType.REAUTHENTICATION_FAILED,
+            now=self.clock(),
+            client=client,
+            user_id=principal.user.id,
+            session_id=principal.session.id,
+        )
+        async with self.database.write() as conn:
+            await audit_store.append_events(conn, [failed])
+        raise InvalidPassword()
 
     def require_fresh(self, principal: Principal) -> None:
         if not principal.is_fresh(self.clock(), self.settings.fresh_age):
@@ -220,7 +237,7 @@ class AccountService:
         self, principal: Principal, current: str, new: str, client: ClientInfo
     ) -> None:
         """Every other session ends; this one stays and counts as fresh (the password was typed)."""
-        await self._check_password(principal.user, current)
+        await self._check_password(principal, current, client)
         new_hash = await self.hasher.hash(check_strength(new, email=principal.user.email))
         now = self.clock()
         async with self.database.write() as conn:

@@ -24,6 +24,7 @@ class EventType(StrEnum):
     PROFILE_UPDATED = "profile.updated"
     EMAIL_CHANGED = "email.changed"
     REAUTHENTICATED = "reauthenticated"
+    REAUTHENTICATION_FAILED = "reauthentication.failed"
     USER_DELETED = "user.deleted"
     USER_DISABLED = "user.disabled"
     USER_ENABLED = "user.enabled"
