@@ -190,6 +190,9 @@ def cmd_audit_verify(_args: argparse.Namespace) -> int:
     report = _with_keyturn(_settings(), job)
     if report.broken is None:
         print(f"audit log intact: {report.events_checked} events verified")
+        # Keep this line somewhere the database's owner cannot edit: anyone able to rewrite
+        # the whole table could recompute every hash, but not this head.
+        print(f"head: seq {report.head_seq} sha256 {report.head_hash}")
         return 0
     broken = report.broken
     name = broken.event_id or f"(missing event, seq {broken.seq})"

@@ -80,6 +80,8 @@ class ChainBreak:
 class ChainReport:
     events_checked: int
     broken: ChainBreak | None
+    head_seq: int = 0
+    head_hash: str = ""
 
     @property
     def is_intact(self) -> bool:
@@ -143,7 +145,12 @@ class AuditService:
                 expected_seq, expected_prev = item.seq + 1, item.hash
             if expected_seq - 1 != head.last_seq or expected_prev != head.last_hash:
                 return ChainReport(checked, ChainBreak(None, expected_seq, "missing_at_end"))
-        return ChainReport(checked, None)
+        return ChainReport(checked, None, head.last_seq, head.last_hash)
+
+    async def head(self) -> audit_store.ChainHead:
+        """The newest link: record it outside the database (logs, a ticket) to anchor the chain."""
+        async with self.database.read() as conn:
+            return await audit_store.chain_head(conn)
 
     async def prune(self, before: datetime) -> int:
         async with self.database.write() as conn:
