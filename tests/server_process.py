@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -40,12 +41,12 @@ def running_server(
 ) -> Iterator[str]:
     """Start `keyturn serve`, wait until /healthz answers, yield its base URL, then stop it."""
     port = port or free_port()
-    log = open(Path(cwd or ".") / f"serve-{port}.log", "wb") if cwd else subprocess.DEVNULL  # noqa: SIM115
+    log: IO[bytes] | None = (Path(cwd) / f"serve-{port}.log").open("wb") if cwd else None
     process = subprocess.Popen(
         [KEYTURN, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
         env=dict(env),
         cwd=cwd,
-        stdout=log,
+        stdout=log if log is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -71,5 +72,5 @@ def running_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if log is not subprocess.DEVNULL:
+        if log is not None:
             log.close()

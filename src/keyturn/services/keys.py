@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.security import signing_keys as crypto
 from keyturn.security.signing_keys import KeyRing
-from keyturn.services.context import Clock
+from keyturn.services.audit import EventType, event
+from keyturn.services.context import ClientInfo, Clock
+from keyturn.storage import audit as audit_store
 from keyturn.storage import keys as key_store
 from keyturn.storage.database import Database
 from keyturn.storage.records import SigningKey
@@ -52,6 +54,8 @@ class KeyService:
             # A token signed a moment before retirement lives access_token_ttl more; allow skew.
             until = now + timedelta(seconds=self.access_token_ttl + 60)
             await key_store.retire_active_keys(conn, except_kid=kid, now=now, publish_until=until)
+            rotated = event(EventType.KEY_ROTATED, now=now, client=ClientInfo(), kid=kid)
+            await audit_store.append_events(conn, [rotated])
         await self.reload()
         return kid
 
@@ -89,9 +93,10 @@ class KeyService:
         ring.published = [k.public_jwk for k in keys]
 
     async def reload_if_stale(self, *, unknown_kid: bool = False) -> None:
-        """Reload when the ring is older than the refresh interval, or at once (at most once a
+        """Reload when the ring is older than the refresh interval, or at once (at most 5 times a
         second) when a token names a key this process has not seen: another instance rotated."""
-        limit = 1.0 if unknown_kid else float(self.refresh_interval)
+        # 0.2 s: a flood of forged kids costs at most five small reads a second.
+        limit = 0.2 if unknown_kid else float(self.refresh_interval)
         if time.monotonic() - self._loaded_at < limit:
             return
         async with self._reload_lock:

@@ -26,12 +26,14 @@ def build_meta_router(keyturn: "Keyturn") -> APIRouter:
             {"keys": keyturn.keys.ring.published}, headers={"Cache-Control": "public, max-age=60"}
         )
 
+    @router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD too
     @router.get("/healthz")
     async def healthz() -> Response:
         if await keyturn.database.ping():
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unavailable"}, status_code=503)
 
+    @router.head("/readyz", include_in_schema=False)
     @router.get("/readyz")
     async def readyz() -> Response:
         checks = {"database": await keyturn.database.ping()}
