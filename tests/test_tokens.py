@@ -95,7 +95,7 @@ def test_an_unsigned_token_is_refused() -> None:
             "exp": 2**40,
             "jti": "x",
         },
-        key=None,
+        key="",
         algorithm="none",
         headers={"kid": ring.signing_kid},
     )
