@@ -187,11 +187,14 @@ async def revoke_sessions(
     except_session_id: str | None = None,
 ) -> list[Session]:
     """Revoke one session (by id, of this user) or all of a user's live ones; return them."""
-    conditions = [sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None)]
+    # Only live sessions: one that already ended is "unknown" to its owner, as in the list.
+    conditions = [
+        sessions.c.user_id == user_id,
+        sessions.c.revoked_at.is_(None),
+        sessions.c.ends_at > now,
+    ]
     if session_id is not None:
         conditions.append(sessions.c.id == session_id)
-    else:
-        conditions.append(sessions.c.ends_at > now)
     if except_session_id is not None:
         conditions.append(sessions.c.id != except_session_id)
     result = await conn.execute(

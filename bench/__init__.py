@@ -1,0 +1,1 @@
+"""keyturn's benchmark harness: real servers, driven from outside by wrk (`make bench`)."""

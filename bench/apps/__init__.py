@@ -1,0 +1,1 @@
+"""ASGI apps the benchmark serves next to `keyturn serve`: the baseline and the comparisons."""

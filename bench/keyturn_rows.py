@@ -1,0 +1,128 @@
+"""keyturn's rows: GET /me, refresh, login, register, /me while logins run, and a host app."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from bench import rows, wrk
+from bench.context import Context
+from bench.process import Server
+from bench.rows import Row
+from bench.users import PASSWORD, LuaFiles
+
+
+def load(
+    ctx: Context, server: Server, script: str, path: str, *args: str, slow: bool = False
+) -> wrk.Load:
+    """A load with the plan's settings; `slow` for rows bound by argon2 (longer, so that the
+    first answers, queued behind 32 hashes, are not most of the window)."""
+    plan = ctx.plan
+    return wrk.Load(
+        base_url=server.base_url,
+        script=script,
+        path=path,
+        args=args,
+        connections=plan.connections,
+        threads=plan.threads,
+        duration=plan.slow_duration if slow else plan.duration,
+        timeout=plan.timeout,
+    )
+
+
+def baseline(ctx: Context, hello: Server, key: str = "baseline") -> Row:
+    if ctx.plan.warmup:
+        warm = load(ctx, hello, "get.lua", "/hello")
+        wrk.run(ctx.wrk, replace(warm, duration=ctx.plan.warmup))
+    label = "baseline: FastAPI hello world" + (" (again)" if key != "baseline" else "")
+    return rows.single(
+        ctx.wrk, hello, load(ctx, hello, "get.lua", "/hello"), key, label, "baseline"
+    )
+
+
+def serve_rows(ctx: Context, serve: Server, files: LuaFiles) -> list[Row]:
+    me = load(ctx, serve, "bearer.lua", "/me", str(files.access_tokens), "/me")
+    if ctx.plan.warmup:
+        wrk.run(ctx.wrk, replace(me, duration=ctx.plan.warmup))
+    threads = str(min(ctx.plan.threads, ctx.plan.connections))
+    login = load(
+        ctx, serve, "login.lua", "/auth/login", str(files.credentials), "/auth/login", slow=True
+    )
+    register_args = (f"{ctx.run_id}k", "/auth/register", PASSWORD)
+    measured = [
+        rows.single(ctx.wrk, serve, me, "me", "GET /me (64 users rotating)", "keyturn"),
+        rows.single(
+            ctx.wrk,
+            serve,
+            load(ctx, serve, "refresh.lua", "/auth/refresh", str(files.refresh_tokens), threads),
+            "refresh",
+            "POST /auth/refresh (32 concurrent chains)",
+            "keyturn",
+        ),
+        rows.single(ctx.wrk, serve, login, "login", "POST /auth/login (32 concurrent)", "keyturn"),
+        rows.single(
+            ctx.wrk,
+            serve,
+            load(ctx, serve, "register.lua", "/auth/register", *register_args, slow=True),
+            "register",
+            "POST /auth/register (32 concurrent)",
+            "keyturn",
+        ),
+    ]
+    return measured + during_logins(ctx, serve, me, login, "me", "keyturn")
+
+
+def during_logins(
+    ctx: Context, server: Server, reader: wrk.Load, login: wrk.Load, key: str, system: str
+) -> list[Row]:
+    """The reader and a saturating login load at the same time, one row for each."""
+    logins = replace(login, connections=ctx.plan.login_connections, threads=1)
+    reader = replace(reader, duration=login.duration)
+    results, cpu, rss = rows.measure(ctx.wrk, server, {"reader": reader, "login": logins})
+    total = results["reader"].requests + results["login"].requests
+    reader_label = (
+        "GET /me while logins run" if system == "keyturn" else "GET /users/me while logins run"
+    )
+    measured = [
+        rows.row_from(
+            f"{key}_during_login",
+            reader_label,
+            system,
+            results["reader"],
+            cpu_s=cpu,
+            cpu_requests=total,
+            rss_mib=rss,
+            note="CPU per request over both loads",
+        ),
+        rows.row_from(
+            f"{key}_during_login_logins",
+            f"  … the logins beside it ({ctx.plan.login_connections} concurrent)",
+            system,
+            results["login"],
+        ),
+    ]
+    for row in measured:
+        print(f"  {row.label:<52} {rows.describe(row)}", flush=True)
+    return measured
+
+
+def mounted_rows(ctx: Context, mounted: Server, files: LuaFiles) -> list[Row]:
+    return [
+        rows.single(
+            ctx.wrk,
+            mounted,
+            load(ctx, mounted, "get.lua", "/hello"),
+            "host_hello",
+            "host app: GET /hello behind keyturn's middleware",
+            "keyturn",
+        ),
+        rows.single(
+            ctx.wrk,
+            mounted,
+            load(
+                ctx, mounted, "bearer.lua", "/api/whoami", str(files.access_tokens), "/api/whoami"
+            ),
+            "host_protected",
+            "host app: own route behind Depends(current_user)",
+            "keyturn",
+        ),
+    ]
