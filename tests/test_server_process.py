@@ -134,14 +134,17 @@ def test_graceful_shutdown_finishes_in_flight_requests(database_url: str, tmp_pa
             body = {"email": "ada@example.com", "password": PASSWORD}
             finished.append((http.post("/auth/login", json=body).status_code, time.monotonic()))
 
-        workers = [threading.Thread(target=login) for _ in range(12)]
+        workers = [threading.Thread(target=login) for _ in range(16)]
         for worker in workers:
             worker.start()
-        time.sleep(0.4)  # connections open, logins queued on the one-thread hasher
+        # The first answer means the others are queued on the hasher: now is "in flight".
+        deadline = time.monotonic() + 30
+        while not finished and time.monotonic() < deadline:
+            time.sleep(0.001)
         terminated_at = time.monotonic()
         os.kill(pid, signal.SIGTERM)
         for worker in workers:
             worker.join(timeout=30)
         http.close()
-    assert [status for status, _ in finished] == [200] * 12
+    assert [status for status, _ in finished] == [200] * 16
     assert any(at > terminated_at for _, at in finished), "nothing was in flight at SIGTERM"

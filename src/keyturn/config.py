@@ -54,8 +54,10 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     metrics: MetricsMode = "local"
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
-    # Concurrent argon2 hashes; one fewer than the cores leaves a core for serving requests.
-    hash_concurrency: int = max(1, (os.cpu_count() or 2) - 1)
+    # Concurrent argon2 hashes: every core, at a lower thread priority than the event loop.
+    hash_concurrency: int = max(1, os.cpu_count() or 1)
+    # Connections per process (PostgreSQL); requests queue for one rather than open more.
+    database_pool_size: int = 20
     # Browser clients on plain http://localhost need cookies without the Secure flag.
     cookie_secure: bool = True
     key_refresh_interval: int = 30
@@ -169,6 +171,7 @@ def load_settings(
         cleanup_interval=_integer(env, "KEYTURN_CLEANUP_INTERVAL", 3600),
         trusted_proxies=_trusted_proxies(env),
         metrics=_metrics(env),
+        database_pool_size=_integer(env, "KEYTURN_DATABASE_POOL_SIZE", 20, minimum=1),
         cookie_secure=_cookies_need_tls(issuer),
     )
     validate(settings)

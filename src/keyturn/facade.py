@@ -23,6 +23,7 @@ from keyturn.services.sessions import SessionService
 from keyturn.services.throttle import Throttle
 from keyturn.storage import migrate
 from keyturn.storage.database import Database
+from keyturn.storage.session_lookup import SessionLookup
 from keyturn.tasks import purge_ended_sessions, run_every
 from keyturn.web.dependencies import Dependencies, build_dependencies
 from keyturn.web.middleware import KeyturnMiddleware
@@ -50,7 +51,9 @@ class Keyturn:
         self.clock = clock
         self.prefix = prefix
         self.run_migrations = run_migrations
-        self.database = Database(self.settings.database_url)
+        self.database = Database(
+            self.settings.database_url, pool_size=self.settings.database_pool_size
+        )
         self.metrics = Metrics()
         self.hasher = PasswordHasher(
             self.settings.argon2, concurrency=self.settings.hash_concurrency
@@ -68,7 +71,12 @@ class Keyturn:
             refresh_interval=self.settings.key_refresh_interval,
         )
         self.metrics.watch_hash_queue(lambda: self.hasher.queue_depth)
-        self.sessions = SessionService(self.database, self.settings, clock, self.keys, self.metrics)
+        self.lookup = SessionLookup(
+            self.database, pool_size=max(2, self.settings.database_pool_size // 2)
+        )
+        self.sessions = SessionService(
+            self.database, self.settings, clock, self.keys, self.metrics, self.lookup
+        )
         self.accounts = AccountService(
             self.database, self.settings, clock, self.hasher, self.sessions, self.throttle
         )
@@ -180,4 +188,5 @@ class Keyturn:
                 await task
         self._tasks.clear()
         self.hasher.close()
+        await self.lookup.close()
         await self.database.dispose()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import os
+import threading
 import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +56,16 @@ def check_strength(password: str, *, email: str | None = None) -> str:
     return normalized
 
 
+def _yield_to_requests() -> None:
+    """Lower this hashing thread's CPU priority (Linux nice is per thread).
+
+    Hashes may then use every core when nothing else runs, yet the event loop thread, at
+    normal priority, keeps serving requests while logins saturate the pool.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 class PasswordHasher:
     """argon2id in a bounded pool of worker threads.
 
@@ -68,7 +81,9 @@ class PasswordHasher:
             parallelism=parameters.parallelism,
             type=Type.ID,
         )
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="argon2", initializer=_yield_to_requests
+        )
         self._pending = 0
         self._dummy_hash: str | None = None
 

@@ -27,6 +27,7 @@ from keyturn.storage import audit as audit_store
 from keyturn.storage import sessions as session_store
 from keyturn.storage.database import Database
 from keyturn.storage.records import Session, User
+from keyturn.storage.session_lookup import SessionLookup
 from keyturn.storage.users import get_user
 
 
@@ -62,8 +63,10 @@ class SessionService:
         clock: Clock,
         keys: KeyService,
         metrics: Metrics,
+        lookup: SessionLookup,
     ) -> None:
         self.database = database
+        self.lookup = lookup
         self.metrics = metrics
         self.settings = settings
         self.clock = clock
@@ -108,8 +111,7 @@ class SessionService:
         """The principal behind a bearer token, checking its session in one round trip."""
         now = self.clock()
         claims = await self._verify(access_token, now)
-        async with self.database.read() as conn:
-            found = await session_store.get_session_and_user(conn, claims.session_id)
+        found = await self.lookup.find(claims.session_id)
         if found is None:
             raise Unauthorized("The session has ended.", token_presented=True)
         session, user = found

@@ -51,7 +51,7 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
 class Database:
     """The database keyturn runs on: `read()` and `write()` give short transactions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -64,10 +64,13 @@ class Database:
             # and queueing in the pool is cheaper than spinning on the busy timeout.
             self._writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
         else:
-            self._reader = create_async_engine(
-                url, pool_size=10, max_overflow=20, pool_pre_ping=False, pool_recycle=1800
+            # No overflow: connections that open and close under load cost more than a short
+            # wait for a pooled one (and a PostgreSQL backend process each).
+            self._writer = create_async_engine(
+                url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=1800
             )
-            self._writer = self._reader
+            # Reads in autocommit: one round trip, not BEGIN, SELECT, ROLLBACK.
+            self._reader = self._writer.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def is_sqlite(self) -> bool:
@@ -116,9 +119,9 @@ class Database:
         return True
 
     async def dispose(self) -> None:
-        await self._reader.dispose()
-        if self._writer is not self._reader:
-            await self._writer.dispose()
+        await self._writer.dispose()
+        if self.dialect == "sqlite":  # its own engine; on PostgreSQL a view of the writer's pool
+            await self._reader.dispose()
 
 
 # PostgreSQL: deadlock detected, serialization failure, lock not available, too many connections.

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import String, and_, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn.ids import new_id
 from keyturn.storage.records import AnyRow, RefreshToken, Session, User
@@ -223,15 +225,27 @@ async def list_active_sessions(
 
 async def purge_ended(conn: AsyncConnection, *, now: datetime, batch_size: int) -> tuple[int, int]:
     """Delete up to `batch_size` ended sessions and their tokens: (sessions, tokens) removed."""
-    candidates = select(sessions.c.id).where(sessions.c.ends_at <= now).limit(batch_size)
-    if conn.dialect.name == "postgresql":
+    candidates = (
+        select(sessions.c.id)
+        .where(sessions.c.ends_at <= now)
+        .order_by(sessions.c.ends_at)  # walks the index, never the whole table
+        .limit(batch_size)
+    )
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
         # Another instance's batch skips the rows this one has taken.
         candidates = candidates.with_for_update(skip_locked=True)
     ids = [row[0] for row in await conn.execute(candidates)]
     if not ids:
         return 0, 0
-    tokens = await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.session_id.in_(ids)))
-    removed = await conn.execute(delete(sessions).where(sessions.c.id.in_(ids)))
+
+    def in_batch(column: ColumnElement[str]) -> ColumnElement[bool]:
+        if postgres:  # one array parameter: no thousand-placeholder statement to render
+            return column == any_(bindparam("ids", ids, type_=postgresql.ARRAY(String)))
+        return column.in_(ids)
+
+    tokens = await conn.execute(delete(refresh_tokens).where(in_batch(refresh_tokens.c.session_id)))
+    removed = await conn.execute(delete(sessions).where(in_batch(sessions.c.id)))
     return removed.rowcount, tokens.rowcount
 
 

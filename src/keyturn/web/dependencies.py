@@ -34,7 +34,7 @@ class Dependencies:
     current_session: Callable[..., Awaitable[Session]]
     fresh_principal: Callable[..., Awaitable[Principal]]
     admin_principal: Callable[..., Awaitable[Principal]]
-    client: Callable[..., ClientInfo]
+    client: Callable[..., Awaitable[ClientInfo]]
 
 
 def build_dependencies(keyturn: "Keyturn", *, token_url: str) -> Dependencies:
@@ -42,7 +42,7 @@ def build_dependencies(keyturn: "Keyturn", *, token_url: str) -> Dependencies:
     bearer = OAuth2PasswordBearer(tokenUrl=token_url, auto_error=False)
     trusted = keyturn.settings.trusted_proxies
 
-    def client(request: Request) -> ClientInfo:
+    async def client(request: Request) -> ClientInfo:  # async: no thread-pool hop
         ip = getattr(request.state, "client_ip", None)
         if ip is None:  # host app without keyturn's middleware
             ip = client_ip(request.scope, trusted)

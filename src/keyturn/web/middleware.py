@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -121,7 +121,7 @@ class KeyturnMiddleware:
             incoming = _header(scope, b"x-request-id")
             if incoming and _REQUEST_ID.match(incoming):
                 return incoming
-        return uuid.uuid4().hex
+        return os.urandom(16).hex()
 
     async def _read_limited(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it is known to be too large (never read further)."""
