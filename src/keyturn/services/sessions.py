@@ -28,7 +28,6 @@ from keyturn.storage import sessions as session_store
 from keyturn.storage.database import Database
 from keyturn.storage.records import Session, User
 from keyturn.storage.session_lookup import SessionLookup
-from keyturn.storage.users import get_user
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +187,9 @@ class SessionService:
                 raise InvalidRefreshToken()
             if session.ends_at <= now:
                 raise SessionExpired()
-            user = await self._session_user(conn, session)
+            user = found.user
+            if user.is_disabled or user.is_deleted:
+                raise InvalidRefreshToken()
             successor = opaque_tokens.derive_successor(session.rotation_key, refresh_token)
             if found.claimed:
                 await session_store.insert_refresh_token(
@@ -229,12 +230,6 @@ class SessionService:
             await self._revoke_for_reuse(conn, session, client, now)
         # Only reuse gets here, outside the block: the revocation is committed before we answer.
         raise RefreshTokenReused()
-
-    async def _session_user(self, conn: AsyncConnection, session: Session) -> User:
-        user = await get_user(conn, session.user_id)
-        if user is None or user.is_disabled or user.is_deleted:
-            raise InvalidRefreshToken()
-        return user
 
     async def _revoke_for_reuse(
         self, conn: AsyncConnection, session: Session, client: ClientInfo, now: datetime

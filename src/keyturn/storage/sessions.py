@@ -125,10 +125,11 @@ async def find_session_by_token_hash(conn: AsyncConnection, token_hash: str) -> 
 
 @dataclass(frozen=True, slots=True)
 class ClaimedToken:
-    """A refresh token looked up by hash, with its session and (if any) its successor."""
+    """A refresh token looked up by hash, with its session, user and (if any) its successor."""
 
     token: RefreshToken
     session: Session
+    user: User
     successor: RefreshToken | None
     claimed: bool  # True when this call marked it rotated (the caller won the race)
 
@@ -141,36 +142,46 @@ async def claim_refresh_token(
     The conditional UPDATE is the race arbiter: on PostgreSQL a concurrent claimer blocks on
     the row lock and then sees `rotated_at` set; on SQLite the write lock serializes them.
     """
-    claimed = (
+    won = (
         await conn.execute(
             update(refresh_tokens)
             .where(refresh_tokens.c.token_hash == token_hash, refresh_tokens.c.rotated_at.is_(None))
             .values(rotated_at=now)
-            .returning(refresh_tokens.c.id)
+            .returning(*_TOKEN_COLUMNS)
         )
-    ).first() is not None
+    ).first()
+    if won is not None:
+        token = _token(won, "t_")
+        found = await get_session_and_user(conn, token.session_id)
+        if found is None:
+            return None
+        return ClaimedToken(token, found[0], found[1], successor=None, claimed=True)
     row = (
         await conn.execute(
-            select(*_TOKEN_COLUMNS, *_SESSION_COLUMNS)
+            select(*_TOKEN_COLUMNS, *_SESSION_COLUMNS, users)
             .join_from(refresh_tokens, sessions, refresh_tokens.c.session_id == sessions.c.id)
+            .join(users, sessions.c.user_id == users.c.id)
             .where(refresh_tokens.c.token_hash == token_hash)
         )
     ).first()
     if row is None:
         return None
-    token, session = _token(row, "t_"), _session(row, "s_")
-    successor = None
-    if not claimed:
-        successor_row = (
-            await conn.execute(
-                select(refresh_tokens).where(
-                    refresh_tokens.c.session_id == token.session_id,
-                    refresh_tokens.c.generation == token.generation + 1,
-                )
+    token = _token(row, "t_")
+    successor_row = (
+        await conn.execute(
+            select(refresh_tokens).where(
+                refresh_tokens.c.session_id == token.session_id,
+                refresh_tokens.c.generation == token.generation + 1,
             )
-        ).first()
-        successor = _token(successor_row) if successor_row else None
-    return ClaimedToken(token=token, session=session, successor=successor, claimed=claimed)
+        )
+    ).first()
+    return ClaimedToken(
+        token,
+        _session(row, "s_"),
+        user_from_row(row),
+        successor=_token(successor_row) if successor_row else None,
+        claimed=False,
+    )
 
 
 async def mark_authenticated(conn: AsyncConnection, session_id: str, *, now: datetime) -> None:
