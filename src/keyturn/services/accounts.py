@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from email_validator import EmailNotValidError, validate_email
 
 from keyturn.config import Settings
@@ -26,6 +29,16 @@ from keyturn.storage.database import Database
 from keyturn.storage.records import User
 
 UNUSABLE_PASSWORD = "!"  # noqa: S105 - never a valid argon2 hash, so nothing verifies against it
+
+
+def event_by(
+    principal: Principal, type: EventType, *, now: datetime, client: ClientInfo, **detail: Any
+) -> dict[str, Any]:
+    """An event done by the caller, in their current session."""
+    return event(
+        type, now=now, client=client, user_id=principal.user.id,
+        session_id=principal.session.id, **detail,
+    )  # fmt: skip
 
 
 def canonical_email(raw: str) -> str:
@@ -198,12 +211,11 @@ class AccountService:
             await audit_store.append_events(
                 conn,
                 [
-                    event(
+                    event_by(
+                        principal,
                         EventType.REAUTHENTICATED,
                         now=now,
                         client=client,
-                        user_id=principal.user.id,
-                        session_id=principal.session.id,
                     )
                 ],
             )
@@ -218,12 +230,11 @@ class AccountService:
         if await self.hasher.verify(principal.user.password_hash, password):
             return
         await self.throttle.record_login_failure(email)
-        failed = event(
+        failed = event_by(
+            principal,
             EventType.REAUTHENTICATION_FAILED,
             now=self.clock(),
             client=client,
-            user_id=principal.user.id,
-            session_id=principal.session.id,
         )
         async with self.database.write() as conn:
             await audit_store.append_events(conn, [failed])
@@ -248,12 +259,11 @@ class AccountService:
             await audit_store.append_events(
                 conn,
                 [
-                    event(
+                    event_by(
+                        principal,
                         EventType.PASSWORD_CHANGED,
                         now=now,
                         client=client,
-                        user_id=principal.user.id,
-                        session_id=principal.session.id,
                     )
                 ],
             )
@@ -276,12 +286,11 @@ class AccountService:
             await audit_store.append_events(
                 conn,
                 [
-                    event(
+                    event_by(
+                        principal,
                         EventType.PROFILE_UPDATED,
                         now=now,
                         client=client,
-                        user_id=principal.user.id,
-                        session_id=principal.session.id,
                         fields=["name"],
                     )
                 ],
@@ -299,12 +308,11 @@ class AccountService:
             await audit_store.append_events(
                 conn,
                 [
-                    event(
+                    event_by(
+                        principal,
                         EventType.EMAIL_CHANGED,
                         now=now,
                         client=client,
-                        user_id=principal.user.id,
-                        session_id=principal.session.id,
                         previous_email=principal.user.email,
                         new_email=email,
                     )
