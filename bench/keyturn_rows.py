@@ -1,12 +1,15 @@
-"""keyturn's rows: GET /me, refresh, login, register, /me while logins run, and a host app."""
+"""keyturn's rows: GET /me, refresh, login, register, /me while logins run, a host app, and
+GET /me with several workers."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from typing import Any
 
 from bench import rows, wrk
 from bench.context import Context
-from bench.process import Server
+from bench.process import Server, machine_ticks, process_cpu_seconds, worker_pids
 from bench.rows import Row
 from bench.users import PASSWORD, LuaFiles
 
@@ -126,3 +129,55 @@ def mounted_rows(ctx: Context, mounted: Server, files: LuaFiles) -> list[Row]:
             "keyturn",
         ),
     ]
+
+
+def several_workers(
+    ctx: Context, server: Server, files: LuaFiles, one_worker: Row
+) -> tuple[Row, dict[str, Any]]:
+    """GET /me exactly as the `me` row loads it (warm-up included), against `keyturn serve
+    --workers N`; CPU and RSS are summed over the parent and its children, and the CPU is also
+    split per worker, which shows whether both took a share of wrk's connections."""
+    me = load(ctx, server, "bearer.lua", "/me", str(files.access_tokens), "/me")
+    if ctx.plan.warmup:
+        wrk.run(ctx.wrk, replace(me, duration=ctx.plan.warmup))
+    rows.settle(server)
+    pids = worker_pids(server.pid)
+    before = {pid: process_cpu_seconds(pid) for pid in pids}
+    busy_before, total_before = machine_ticks()
+    results, cpu, rss = rows.measure(ctx.wrk, server, {"me": me}, settled=True)
+    busy_after, total_after = machine_ticks()
+    spent = [max(0.0, process_cpu_seconds(pid) - before[pid]) for pid in pids]
+    # How busy all cores were (wrk, PostgreSQL, the workers and anything else on the machine):
+    # near 100 % means a second worker had no idle core to run on.
+    total = total_after - total_before
+    machine_busy = (busy_after - busy_before) / total if total else None
+    workers = len(pids)
+    row = rows.row_from(
+        "me_workers",
+        f"GET /me, {workers} workers (64 users rotating)",
+        "keyturn",
+        results["me"],
+        cpu_s=cpu,
+        rss_mib=rss,
+        note=f"server CPU and RSS summed over the parent and its children ({workers} workers)",
+    )
+    ratio = row.rps / one_worker.rps if one_worker.rps else None
+    shares = [s / sum(spent) for s in spent] if sum(spent) else []
+    print(f"  {row.label:<52} {rows.describe(row)}", flush=True)
+    print(
+        f"  {'':<52} {'-' if ratio is None else f'{ratio:.2f}'}x one worker; CPU split "
+        + " / ".join(f"{share * 100:.0f} %" for share in shares)
+        + ("" if machine_busy is None else f"; machine {machine_busy * 100:.0f} % busy"),
+        flush=True,
+    )
+    return row, {
+        "workers": workers,
+        "rps": row.rps,
+        "one_worker_rps": one_worker.rps,
+        "vs_one_worker": ratio,
+        "cpu_ms_per_request": row.cpu_ms_per_request,
+        "one_worker_cpu_ms_per_request": one_worker.cpu_ms_per_request,
+        "cpu_share_by_worker": shares,
+        "machine_cpu_busy": machine_busy,
+        "cores": os.cpu_count(),
+    }

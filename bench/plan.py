@@ -23,6 +23,8 @@ class Plan:
     host_app: bool  # also measure a host app that mounts keyturn
     fastapi_users_on: tuple[str, ...]  # backends on which to measure the fastapi-users app
     baseline_twice: bool  # measure the baseline again at the end (shows drift from other load)
+    workers: int  # `keyturn serve --workers N` for the several-workers GET /me row
+    workers_on: tuple[str, ...]  # backends on which to measure it (issue 6, item 4)
     timeout: float = 30.0  # wrk's per-request timeout: slow logins are slow, not lost
 
 
@@ -43,6 +45,8 @@ FULL = Plan(
     host_app=True,
     fastapi_users_on=("sqlite", "postgresql"),
     baseline_twice=True,
+    workers=2,
+    workers_on=("postgresql",),
 )
 
 QUICK = Plan(
@@ -62,4 +66,6 @@ QUICK = Plan(
     host_app=False,
     fastapi_users_on=("sqlite",),
     baseline_twice=False,
+    workers=2,
+    workers_on=("postgresql",),
 )

@@ -33,8 +33,7 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rindex(")") + 2 :].split()
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (uvicorn with --workers forks; one worker does not)."""
+def _children_by_parent() -> dict[int, list[int]]:
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -42,6 +41,12 @@ def process_tree(pid: int) -> list[int]:
         fields = _stat_fields(int(entry.name))
         if fields is not None:
             parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    return parents
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (uvicorn with --workers spawns; one worker does not)."""
+    parents = _children_by_parent()
     tree, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -50,14 +55,35 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def worker_pids(pid: int) -> list[int]:
+    """uvicorn's worker processes under `pid` with --workers N: the children it started with
+    multiprocessing's spawn (not multiprocessing's resource tracker, also a child)."""
+    found = []
+    for child in _children_by_parent().get(pid, []):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+    return sorted(found)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (proc(5): utime and stime, in ticks); 0 when
+    it is gone."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS if fields is not None else 0.0
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of the process tree so far (proc(5): utime and stime, in ticks)."""
-    ticks = 0
-    for member in process_tree(pid):
-        fields = _stat_fields(member)
-        if fields is not None:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLOCK_TICKS
+    """User + system CPU of the process tree so far: the parent and every descendant."""
+    return sum(process_cpu_seconds(member) for member in process_tree(pid))
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot, over all cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already in user and nice)
+    total = sum(fields[:8])
+    return total - fields[3] - fields[4], total
 
 
 def rss_bytes(pid: int) -> int:

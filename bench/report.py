@@ -88,6 +88,20 @@ def details(backend: dict[str, Any]) -> list[str]:
             f"thread(s), {argon2['seconds_per_hash'] * 1000:.0f} ms each; login reached "
             f"{_ratio(backend.get('login_vs_argon2_pool'))} of the pool's bound"
         )
+    workers = backend.get("workers")
+    if workers:
+        n = workers["workers"]
+        split = " / ".join(f"{share * 100:.0f} %" for share in workers["cpu_share_by_worker"])
+        lines.append(
+            f"- GET /me with {n} workers (`keyturn serve --workers {n}`): "
+            f"{workers['rps']:,.0f} req/s, {_ratio(workers['vs_one_worker'])} one worker "
+            f"({workers['one_worker_rps']:,.0f} req/s); server CPU "
+            f"{_n(workers['cpu_ms_per_request'], 2)} ms/req summed over the parent and its workers "
+            f"(one worker: {_n(workers['one_worker_cpu_ms_per_request'], 2)}), split "
+            f"{split or '-'} between the workers; the machine's {workers['cores']} cores were "
+            f"{_pct(workers['machine_cpu_busy'])} busy during it (wrk, the database and anything "
+            "else running)"
+        )
     scale = backend.get("sessions")
     if scale:
         lines += [

@@ -36,9 +36,13 @@ def measure(
     wrk_path: str,
     server: Server,
     loads: dict[str, wrk.Load],
+    *,
+    settled: bool = False,
 ) -> tuple[dict[str, wrk.Result], float, float]:
-    """Run several loads at once against one server: (results, server CPU s, peak RSS MiB)."""
-    settle(server)
+    """Run several loads at once against one server: (results, server CPU s, peak RSS MiB).
+    `settled`: the caller has just waited for the server to drain (see `settle`)."""
+    if not settled:
+        settle(server)
     cpu_before = cpu_seconds(server.pid)
     with RssSampler(server.pid) as rss:
         runs = {name: wrk.Run(wrk_path, load) for name, load in loads.items()}

@@ -2,8 +2,9 @@
 
 For each backend (SQLite, then PostgreSQL): the baseline hello-world app, the real
 `keyturn serve`, a host app that mounts keyturn, many sessions and cleanup, audit appends, and
-the same shape built with fastapi-users. All servers run one uvicorn worker; wrk drives them
-from outside; only one server is under load at a time.
+the same shape built with fastapi-users. All servers run one uvicorn worker, except one more
+`keyturn serve --workers 2` on PostgreSQL for GET /me; wrk drives them from outside; only one
+server is under load at a time.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from bench import targets as targets_module
 from bench.context import REPO, Context
 from bench.databases import POSTGRESQL, SQLITE, DatabaseFactory, postgres_available
 from bench.fastapi_users_rows import fastapi_users_rows
-from bench.keyturn_rows import baseline, load, mounted_rows, serve_rows
+from bench.keyturn_rows import baseline, load, mounted_rows, serve_rows, several_workers
 from bench.plan import FULL, QUICK, Plan
 from bench.process import running
-from bench.rows import Row
+from bench.rows import Row, settle
 from bench.users import emails, keyturn_user, parallel, seed_fastapi_users, write_lua_files
 from bench.wrk import ensure_wrk
 from keyturn.config import load_settings
@@ -61,6 +62,7 @@ def run_backend(
     print(f"\n== {backend} ==", flush=True)
     phase = Phases()
     measured: list[Row] = []
+    workers: dict[str, Any] | None = None
     database = ctx.databases.create(backend, "keyturn")
     env = ctx.keyturn_env(database)
     with running(servers.hello(ctx)) as hello:
@@ -79,6 +81,14 @@ def run_backend(
             with running(servers.mounted(ctx, database)) as host:
                 measured += mounted_rows(ctx, host, files)
             phase("host app rows")
+        if backend in plan.workers_on:
+            settle(serve)  # the one-worker server drains its queued logins first
+            one_worker = next(r for r in keyturn_rows if r.key == "me")
+            with running(servers.keyturn_serve(ctx, database, workers=plan.workers)) as several:
+                phase(f"keyturn serve --workers {plan.workers} up")
+                workers_row, workers = several_workers(ctx, several, files, one_worker)
+            measured.append(workers_row)
+            phase(f"GET /me with {plan.workers} workers")
         me = load(ctx, serve, "bearer.lua", "/me", str(files.access_tokens), "/me")
         scale = session_scale.measure(ctx, serve, database, me, env)
         phase("sessions and cleanup")
@@ -104,6 +114,8 @@ def run_backend(
     scale_rows = [scale.me_small, scale.me_large, scale.me_during_cleanup]
     rss = [r.rss_peak_mib for r in [*keyturn_rows, *scale_rows] if r.rss_peak_mib]
     section = _section(database.url, measured + scale_rows, scale, audit, max(rss))
+    if workers is not None:
+        section["workers"] = workers
     section["argon2"] = asdict(bound)
     section["login_vs_argon2_pool"] = _login_vs(section, bound.per_second_pool)
     section["targets"] = [t.to_json() for t in targets_module.check(section, section["argon2"])]
