@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from examples.protected_api import build_app
+from fastapi import FastAPI
 
-from keyturn import Keyturn
+from keyturn import Keyturn, Settings
 from tests.actions import PASSWORD, bearer, register
 from tests.clock import FakeClock
 
@@ -73,3 +74,31 @@ def test_public_api_is_what_the_package_exports() -> None:
     }
     for name in keyturn.__all__:
         assert getattr(keyturn, name) is not None
+
+
+async def test_a_prefix_mounts_every_keyturn_route_under_it(settings: Settings) -> None:
+    keyturn = Keyturn(settings, prefix="/identity")
+    await keyturn.start(background=False)
+    try:
+        app = FastAPI()
+        keyturn.install(app)
+        app.include_router(keyturn.router)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            registered = await http.post(
+                "/identity/auth/register", json={"email": "ada@example.com", "password": PASSWORD}
+            )
+            assert registered.status_code == 201
+            me = await http.get("/identity/me", headers=bearer(registered.json()))
+            assert me.status_code == 200
+            assert (await http.get("/identity/.well-known/jwks.json")).status_code == 200
+            assert (await http.post("/auth/register", json={})).status_code == 404
+            document = (await http.get("/openapi.json")).json()
+            assert (
+                document["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"][
+                    "password"
+                ]["tokenUrl"]
+                == "/identity/auth/token"
+            )
+    finally:
+        await keyturn.stop()

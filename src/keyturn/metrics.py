@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -14,6 +15,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "keyturn_http_requests",
@@ -50,6 +52,19 @@ class Metrics:
         self.hash_queue = Gauge(
             "keyturn_password_hash_queue_depth", "argon2 hashes queued or running", registry=r
         )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Per request: label children are looked up once per (method, route, status)."""
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_hash_queue(self, depth: Callable[[], int]) -> None:
         self.hash_queue.set_function(lambda: float(depth()))

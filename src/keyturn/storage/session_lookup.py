@@ -45,6 +45,7 @@ _SELECT = (
 _SQLITE_SELECT = _SELECT + "?"
 _POSTGRES_SELECT = _SELECT + "$1"
 _SESSION_FIELDS = 12
+_MEMO_LIMIT = 10_000
 
 
 def _sqlite_time(value: Any) -> datetime | None:
@@ -93,6 +94,10 @@ class SessionLookup:
         self.database = database
         self.pool_size = pool_size
         self._sqlite: sqlite3.Connection | None = None
+        # The last row read per session and the records built from it: the row is fetched on
+        # every request (that is the revocation check); only the parsing is skipped when the
+        # row has not changed since.
+        self._built: dict[str, tuple[tuple[Any, ...], tuple[Session, User]]] = {}
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
 
@@ -116,7 +121,7 @@ class SessionLookup:
             connection.execute("PRAGMA busy_timeout=50")
             self._sqlite = connection
         row = self._sqlite.execute(_SQLITE_SELECT, (session_id,)).fetchone()
-        return _records(row, _sqlite_time) if row else None
+        return self._remember(session_id, row, _sqlite_time)
 
     async def _find_postgresql(self, session_id: str) -> tuple[Session, User] | None:
         try:
@@ -124,7 +129,22 @@ class SessionLookup:
             row = await pool.fetchrow(_POSTGRES_SELECT, session_id)
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.TooManyConnectionsError) as error:
             raise Unavailable("The database is unreachable; try again.") from error
-        return _records(row, _pg_time) if row else None
+        return self._remember(session_id, tuple(row) if row else None, _pg_time)
+
+    def _remember(
+        self, session_id: str, row: tuple[Any, ...] | None, time: Any
+    ) -> tuple[Session, User] | None:
+        if row is None:
+            self._built.pop(session_id, None)
+            return None
+        known = self._built.get(session_id)
+        if known is not None and known[0] == row:
+            return known[1]
+        records = _records(row, time)
+        if len(self._built) >= _MEMO_LIMIT:
+            self._built.clear()
+        self._built[session_id] = (row, records)
+        return records
 
     async def _open_pool(self) -> asyncpg.Pool:
         async with self._pool_lock:

@@ -15,5 +15,6 @@ def create_app(keyturn: Keyturn) -> FastAPI:
         lifespan=keyturn.lifespan,
     )
     keyturn.install(app)
-    app.include_router(keyturn.router)
+    # The server's own routes sit directly on the app: no included router to walk per request.
+    app.router.routes.extend(keyturn.router.routes)
     return app

@@ -147,8 +147,7 @@ class KeyturnMiddleware:
         if self.metrics is None:
             return
         route = getattr(scope.get("route"), "path", None) or "unmatched"
-        self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-        self.metrics.latency.labels(route).observe(elapsed)
+        self.metrics.observe_request(scope["method"], route, status, elapsed)
 
     def _log(
         self, scope: Scope, ip: str | None, request_id: str, status: int, elapsed: float

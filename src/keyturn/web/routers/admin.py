@@ -30,7 +30,7 @@ def _user_id(user_id: str) -> str:
 
 def build_admin_router(keyturn: "Keyturn") -> APIRouter:
     deps = keyturn.dependencies
-    router = APIRouter(prefix="/admin", tags=["admin"], responses=PROBLEMS)
+    router = APIRouter(prefix=f"{keyturn.prefix}/admin", tags=["admin"], responses=PROBLEMS)
     Client = Annotated[ClientInfo, Depends(deps.client)]
     Admin = Annotated[Principal, Depends(deps.admin_principal)]
 

@@ -58,7 +58,7 @@ def token_response(issued: IssuedTokens, *, in_cookies: bool = False) -> TokenRe
 
 def build_auth_router(keyturn: "Keyturn") -> APIRouter:
     deps = keyturn.dependencies
-    router = APIRouter(prefix="/auth", tags=["auth"], responses=PROBLEMS)
+    router = APIRouter(prefix=f"{keyturn.prefix}/auth", tags=["auth"], responses=PROBLEMS)
     Client = Annotated[ClientInfo, Depends(deps.client)]
     CurrentPrincipal = Annotated[Principal, Depends(deps.principal)]
 

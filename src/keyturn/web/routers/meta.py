@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def build_meta_router(keyturn: "Keyturn") -> APIRouter:
-    router = APIRouter(tags=["meta"])
+    router = APIRouter(prefix=keyturn.prefix, tags=["meta"])
 
     @router.get("/.well-known/jwks.json")
     async def jwks() -> Response:
