@@ -10,9 +10,9 @@ import pytest
 
 from keyturn import Keyturn, Settings
 from keyturn.config import TEST_ARGON2
-from keyturn.web.app import create_app
 from tests.clock import FakeClock
 from tests.databases import BACKENDS, postgres_admin_url, temporary_database
+from tests.instances import client_of, started
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -54,16 +54,11 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 async def keyturn(settings: Settings, clock: FakeClock) -> AsyncIterator[Keyturn]:
-    instance = Keyturn(settings, clock=clock)
-    await instance.start(background=False)
-    try:
+    async with started(settings, clock) as instance:
         yield instance
-    finally:
-        await instance.stop()
 
 
 @pytest.fixture
 async def client(keyturn: Keyturn) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(keyturn), client=("203.0.113.7", 4321))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with client_of(keyturn) as http:
         yield http

@@ -9,15 +9,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.server_process import stop, wait_until_healthy
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "keyturn.conf.template"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z0-9_]+)\}")
@@ -114,26 +113,12 @@ def running_nginx(
         [*command, "-g", directives], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{port}"
+
+    def error_output() -> str:
+        return ":\n" + error_log.read_text() if error_log.exists() else ""
+
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if process.poll() is not None:
-                log = error_log.read_text() if error_log.exists() else ""
-                raise RuntimeError(f"nginx exited with {process.returncode}:\n{log}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("nginx did not answer /healthz in 10 s")
-            time.sleep(0.05)
+        wait_until_healthy(process, base, name="nginx", seconds=10, on_exit=error_output)
         yield base
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # fast shutdown: the test is over
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, seconds=10)  # SIGTERM: nginx's fast shutdown, the test is over

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -51,26 +51,43 @@ def running_server(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"keyturn serve exited with {process.returncode}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("keyturn serve did not become healthy in 30 s")
-            time.sleep(0.1)
+        wait_until_healthy(process, base, name="keyturn serve", seconds=30)
         yield base
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, seconds=15)
         if log is not None:
             log.close()
+
+
+def wait_until_healthy(
+    process: subprocess.Popen[bytes],
+    base: str,
+    *,
+    name: str,
+    seconds: float,
+    on_exit: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll `base`/healthz until it answers 200; fail early if the process has exited."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}{on_exit()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not answer /healthz in {seconds:g} s")
+        time.sleep(0.05)
+
+
+def stop(process: subprocess.Popen[bytes], *, seconds: float) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL if it takes longer than `seconds`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

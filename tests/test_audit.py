@@ -23,7 +23,7 @@ from keyturn.services.audit import EventType, event
 from keyturn.services.context import ClientInfo
 from keyturn.storage import audit as audit_store
 from keyturn.storage import users as user_store
-from keyturn.web.app import create_app
+from tests import instances
 from tests.actions import PASSWORD, bearer, login, register
 from tests.clock import FakeClock
 from tests.databases import postgres_admin_url, temporary_database
@@ -76,14 +76,8 @@ async def serving(
     settings: Settings, clock: FakeClock
 ) -> AsyncIterator[tuple[Keyturn, AsyncClient]]:
     """Another Keyturn and a client for it, like the `keyturn` and `client` fixtures."""
-    instance = Keyturn(settings, clock=clock)
-    await instance.start(background=False)
-    transport = httpx.ASGITransport(app=create_app(instance), client=(CLIENT_IP, 4321))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield instance, http
-    finally:
-        await instance.stop()
+    async with instances.serving(settings, clock, CLIENT_IP) as pair:
+        yield pair
 
 
 async def sql(keyturn: Keyturn, statement: str, **params: Any) -> list[Any]:

@@ -26,6 +26,7 @@ from keyturn.web.app import create_app
 from tests.actions import bearer, login, register
 from tests.clock import FakeClock
 from tests.databases import postgres_admin_url, temporary_database
+from tests.instances import started
 from tests.server_process import KEYTURN, running_server, server_env
 
 IDLE_TTL = 600
@@ -164,12 +165,8 @@ async def test_cleanup_runs_in_bounded_batches_and_reports_progress(
 
 @pytest.fixture
 async def second_instance(settings: Settings, clock: FakeClock) -> AsyncIterator[Keyturn]:
-    instance = Keyturn(settings, clock=clock)
-    await instance.start(background=False)
-    try:
+    async with started(settings, clock) as instance:
         yield instance
-    finally:
-        await instance.stop()
 
 
 async def test_concurrent_cleanups_remove_each_ended_session_once(

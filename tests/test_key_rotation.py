@@ -14,9 +14,9 @@ import jwt
 import pytest
 
 from keyturn import Keyturn, Settings
-from keyturn.web.app import create_app
 from tests.actions import bearer, login, register
 from tests.clock import FakeClock
+from tests.instances import serving
 from tests.server_process import KEYTURN, server_env
 
 TTL = 900  # KEYTURN_ACCESS_TOKEN_TTL's default, which the `settings` fixture keeps
@@ -55,14 +55,8 @@ async def verify_with_jwks(
 @pytest.fixture
 async def second(settings: Settings, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
     """Another instance on the same database, with its own key ring."""
-    instance = Keyturn(settings, clock=clock)
-    await instance.start(background=False)
-    transport = httpx.ASGITransport(app=create_app(instance), client=("203.0.113.8", 4321))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await instance.stop()
+    async with serving(settings, clock, "203.0.113.8") as (_, http):
+        yield http
 
 
 async def test_rotation_keeps_old_tokens_valid_until_they_expire_and_then_drops_the_key(

@@ -10,9 +10,9 @@ import httpx
 from httpx import AsyncClient
 
 from keyturn import Keyturn, Settings
-from keyturn.web.app import create_app
 from tests.actions import PASSWORD, bearer, login, register
 from tests.clock import FakeClock
+from tests.instances import serving
 
 NEW_PASSWORD = "violet staple horse correct"
 FRESH_AGE = 600  # KEYTURN_FRESH_AGE default
@@ -21,14 +21,8 @@ FRESH_AGE = 600  # KEYTURN_FRESH_AGE default
 @asynccontextmanager
 async def client_for(settings: Settings, clock: FakeClock) -> AsyncIterator[AsyncClient]:
     """A client on its own Keyturn, for tests that need other TTLs than the fixture's."""
-    instance = Keyturn(settings, clock=clock)
-    await instance.start(background=False)
-    transport = httpx.ASGITransport(app=create_app(instance), client=("203.0.113.7", 4321))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await instance.stop()
+    async with serving(settings, clock) as (_, http):
+        yield http
 
 
 async def my_events(client: AsyncClient, tokens: dict[str, Any]) -> list[dict[str, Any]]:

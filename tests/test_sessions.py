@@ -15,11 +15,11 @@ import httpx
 import pytest
 from httpx import AsyncClient
 
-from keyturn import Keyturn, Settings
+from keyturn import Settings
 from keyturn.config import TEST_ARGON2, load_settings
-from keyturn.web.app import create_app
 from tests.actions import PASSWORD, bearer, login, register
 from tests.clock import FakeClock
+from tests.instances import serving
 
 IDLE_TTL = 600
 MAX_TTL = 1800
@@ -309,14 +309,8 @@ async def test_session_list_shows_each_device_and_marks_the_current_one(
 async def behind_proxy(settings: Settings, clock: FakeClock) -> AsyncIterator[AsyncClient]:
     """A second instance on the same database that trusts the proxy at PEER."""
     trusting = short_ttl_settings(settings.database_url, KEYTURN_TRUSTED_PROXIES="203.0.113.0/24")
-    instance = Keyturn(trusting, clock=clock)
-    await instance.start(background=False)
-    transport = httpx.ASGITransport(app=create_app(instance), client=(PEER, 4321))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await instance.stop()
+    async with serving(trusting, clock, PEER) as (_, http):
+        yield http
 
 
 async def test_session_ip_follows_the_trusted_proxy_rule(

@@ -20,6 +20,7 @@ from keyturn.config import TEST_ARGON2
 from keyturn.web.app import create_app
 from tests.actions import PASSWORD, bearer, login, register
 from tests.clock import FakeClock
+from tests.instances import started
 from tests.server_process import free_port, running_server, server_env
 
 PEER = "203.0.113.7"
@@ -29,12 +30,8 @@ REDIS_TEST_DB = 13  # not the 0 other suites use: this file flushes its database
 
 @asynccontextmanager
 async def running(settings: Settings, **overrides: Any) -> AsyncIterator[Keyturn]:
-    instance = Keyturn(settings.with_overrides(**overrides), clock=FakeClock())
-    await instance.start(background=False)
-    try:
+    async with started(settings.with_overrides(**overrides), FakeClock()) as instance:
         yield instance
-    finally:
-        await instance.stop()
 
 
 @asynccontextmanager
