@@ -120,8 +120,10 @@ class SessionLookup:
             # Never hold the event loop for long: a busy answer falls back to the async path.
             connection.execute("PRAGMA busy_timeout=50")
             self._sqlite = connection
-        row = self._sqlite.execute(_SQLITE_SELECT, (session_id,)).fetchone()
-        return self._remember(session_id, row, _sqlite_time)
+        # fetchall, not fetchone: stepping to the end resets the statement, so no read
+        # transaction (and no stale WAL snapshot) outlives this call.
+        rows = self._sqlite.execute(_SQLITE_SELECT, (session_id,)).fetchall()
+        return self._remember(session_id, rows[0] if rows else None, _sqlite_time)
 
     async def _find_postgresql(self, session_id: str) -> tuple[Session, User] | None:
         try:
