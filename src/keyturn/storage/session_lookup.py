@@ -16,35 +16,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from sqlalchemy import Table
 from sqlalchemy.engine import make_url
 
 from keyturn.errors import Unavailable
 from keyturn.storage import sessions as session_store
 from keyturn.storage.database import Database
 from keyturn.storage.records import Session, User
-
-_SESSION_COLUMNS = (
-    "id, user_id, rotation_key, created_at, authenticated_at, last_seen_at, expires_at, "
-    "ends_at, revoked_at, revoke_reason, ip, user_agent"
-)
-_USER_COLUMNS = (
-    "id, email, name, password_hash, email_verified, is_admin, is_disabled, created_at, "
-    "updated_at, deleted_at"
-)
+from keyturn.storage.schema import sessions, users
 
 
-def _prefixed(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+def _prefixed(alias: str, table: Table) -> str:
+    return ", ".join(f"{alias}.{column.name}" for column in table.c)
 
 
-# Built from constants only, never from input: the id is always a bound parameter.
+# Built from the schema only, never from input: the id is always a bound parameter. The
+# columns come in table order, which is the order of the `Session` and `User` fields.
 _SELECT = (
-    f"SELECT {_prefixed('s', _SESSION_COLUMNS)}, {_prefixed('u', _USER_COLUMNS)} "  # noqa: S608
+    f"SELECT {_prefixed('s', sessions)}, {_prefixed('u', users)} "  # noqa: S608
     "FROM sessions AS s JOIN users AS u ON u.id = s.user_id WHERE s.id = "
 )
 _SQLITE_SELECT = _SELECT + "?"
 _POSTGRES_SELECT = _SELECT + "$1"
-_SESSION_FIELDS = 12
+_SESSION_FIELDS = len(sessions.c)
 _MEMO_LIMIT = 10_000
 
 
