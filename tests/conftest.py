@@ -35,6 +35,15 @@ async def database_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def postgres_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, for tests whose claim holds only there."""
+    if not postgres_admin_url():
+        pytest.skip("KEYTURN_TEST_POSTGRES_URL is not set")
+    async with temporary_database("postgresql", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 

@@ -8,10 +8,23 @@ from contextlib import asynccontextmanager
 import httpx
 
 from keyturn import Keyturn, Settings
+from keyturn.config import TEST_ARGON2, load_settings
 from keyturn.services.context import Clock
 from keyturn.web.app import create_app
 
 DEFAULT_PEER = "203.0.113.7"  # the ASGI client address every test client connects from
+
+
+def settings_from_env(database_url: str, **env: str) -> Settings:
+    """Settings from environment variables, as the server builds them (only argon2 cheapened)."""
+    variables = {
+        "KEYTURN_DATABASE_URL": database_url,
+        "KEYTURN_ISSUER": "http://testserver",
+        "KEYTURN_RATE_LIMIT": "off",
+        "KEYTURN_CLEANUP_INTERVAL": "0",
+        **env,
+    }
+    return load_settings(variables).with_overrides(argon2=TEST_ARGON2)
 
 
 @asynccontextmanager

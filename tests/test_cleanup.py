@@ -18,15 +18,13 @@ from httpx import AsyncClient
 from sqlalchemy import select
 
 from keyturn import Keyturn, Settings
-from keyturn.config import TEST_ARGON2, load_settings
 from keyturn.storage.database import Database
 from keyturn.storage.schema import refresh_tokens, sessions
 from keyturn.tasks import purge_ended_sessions
 from keyturn.web.app import create_app
 from tests.actions import bearer, login, register
 from tests.clock import FakeClock
-from tests.databases import postgres_admin_url, temporary_database
-from tests.instances import started
+from tests.instances import settings_from_env, started
 from tests.server_process import KEYTURN, running_server, server_env
 
 IDLE_TTL = 600
@@ -36,15 +34,9 @@ ENDED_SESSIONS, ENDED_TOKENS = 3, 8
 
 
 def short_ttl_settings(database_url: str) -> Settings:
-    env = {
-        "KEYTURN_DATABASE_URL": database_url,
-        "KEYTURN_ISSUER": "http://testserver",
-        "KEYTURN_RATE_LIMIT": "off",
-        "KEYTURN_CLEANUP_INTERVAL": "0",
-        "KEYTURN_SESSION_IDLE_TTL": str(IDLE_TTL),
-        "KEYTURN_SESSION_MAX_TTL": str(MAX_TTL),
-    }
-    return load_settings(env).with_overrides(argon2=TEST_ARGON2)
+    return settings_from_env(
+        database_url, KEYTURN_SESSION_IDLE_TTL=str(IDLE_TTL), KEYTURN_SESSION_MAX_TTL=str(MAX_TTL)
+    )
 
 
 @pytest.fixture
@@ -178,14 +170,6 @@ async def test_concurrent_cleanups_remove_each_ended_session_once(
     assert done, "nobody cleaned up"
     assert tuple(map(sum, zip(*done, strict=True))) == (ENDED_SESSIONS, ENDED_TOKENS)
     assert await stored(keyturn.database) == (set(population.live), population.tokens_of_live)
-
-
-@pytest.fixture
-async def postgres_url(tmp_path: Path) -> AsyncIterator[str]:
-    if not postgres_admin_url():
-        pytest.skip("KEYTURN_TEST_POSTGRES_URL is not set")
-    async with temporary_database("postgresql", tmp_path) as url:
-        yield url
 
 
 async def test_only_one_instance_cleans_up_at_a_time_on_postgresql(postgres_url: str) -> None:

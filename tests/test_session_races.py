@@ -6,21 +6,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from httpx import AsyncClient
 from sqlalchemy import select
 
 from keyturn import Keyturn, Settings
 from keyturn.storage.schema import refresh_tokens
 from tests.actions import PASSWORD, bearer, register
-from tests.databases import postgres_admin_url, temporary_database
 from tests.server_process import running_server, server_env
 
 RACERS = 16
@@ -152,14 +150,6 @@ def test_concurrent_refreshes_across_two_server_processes_yield_exactly_one_succ
         after = httpx.post(f"{second}/auth/refresh", json={"refresh_token": successor})
         assert after.status_code == 200, after.text
         assert me_status(first, after.json()) == 200
-
-
-@pytest.fixture
-async def postgres_url(tmp_path: Path) -> AsyncIterator[str]:
-    if not postgres_admin_url():
-        pytest.skip("KEYTURN_TEST_POSTGRES_URL is not set")
-    async with temporary_database("postgresql", tmp_path) as url:
-        yield url
 
 
 def test_revocations_through_one_instance_are_refused_at_once_by_the_other(

@@ -16,10 +16,9 @@ import pytest
 from httpx import AsyncClient
 
 from keyturn import Settings
-from keyturn.config import TEST_ARGON2, load_settings
 from tests.actions import PASSWORD, bearer, login, register
 from tests.clock import FakeClock
-from tests.instances import serving
+from tests.instances import serving, settings_from_env
 
 IDLE_TTL = 600
 MAX_TTL = 1800
@@ -30,19 +29,14 @@ PEER = "203.0.113.7"  # the ASGI client address of the `client` fixture
 
 
 def short_ttl_settings(database_url: str, **env: str) -> Settings:
-    """Settings from environment variables, as the server builds them (only argon2 cheapened)."""
-    variables = {
-        "KEYTURN_DATABASE_URL": database_url,
-        "KEYTURN_ISSUER": "http://testserver",
-        "KEYTURN_RATE_LIMIT": "off",
-        "KEYTURN_CLEANUP_INTERVAL": "0",
-        "KEYTURN_SESSION_IDLE_TTL": str(IDLE_TTL),
-        "KEYTURN_SESSION_MAX_TTL": str(MAX_TTL),
-        "KEYTURN_REFRESH_REUSE_GRACE": str(GRACE),
-        "KEYTURN_ACCESS_TOKEN_TTL": str(ACCESS_TTL),
+    return settings_from_env(
+        database_url,
+        KEYTURN_SESSION_IDLE_TTL=str(IDLE_TTL),
+        KEYTURN_SESSION_MAX_TTL=str(MAX_TTL),
+        KEYTURN_REFRESH_REUSE_GRACE=str(GRACE),
+        KEYTURN_ACCESS_TOKEN_TTL=str(ACCESS_TTL),
         **env,
-    }
-    return load_settings(variables).with_overrides(argon2=TEST_ARGON2)
+    )
 
 
 @pytest.fixture
