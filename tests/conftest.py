@@ -48,8 +48,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def settings(database_url: str) -> Settings:
+def settings_for(database_url: str) -> Settings:
     """Cheap argon2 and no rate limits; tests that need other values override them."""
     return Settings(
         database_url=database_url,
@@ -59,6 +58,19 @@ def settings(database_url: str) -> Settings:
         issuer="http://testserver",
         cookie_secure=False,
     )
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return settings_for(database_url)
+
+
+@pytest.fixture
+async def sqlite_keyturn(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Keyturn]:
+    """A started instance on a SQLite file, for tests whose claim holds only there."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'keyturn.db'}"
+    async with started(settings_for(database_url), clock) as instance:
+        yield instance
 
 
 @pytest.fixture

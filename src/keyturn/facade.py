@@ -120,8 +120,8 @@ class Keyturn:
 
             router = APIRouter()
             for build in (
+                build_me_router,  # first: GET /me is the hottest route, matched in order
                 build_auth_router,
-                build_me_router,
                 build_admin_router,
                 build_meta_router,
             ):

@@ -44,6 +44,12 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
+    """The server's logging (a host app keeps its own): every request writes a line, so the
+    record skips what no line shows (the stdlib's own "Optimization" advice)."""
+    logging._srcfile = None  # no stack walk for the caller
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter() if sys.stderr.isatty() else JSONFormatter())
     root = logging.getLogger()

@@ -6,15 +6,13 @@ import asyncio
 import time
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from keyturn.security import signing_keys as crypto
 from keyturn.security.signing_keys import KeyRing
 from keyturn.services.audit import EventType, event
 from keyturn.services.context import ClientInfo, Clock
 from keyturn.storage import audit as audit_store
 from keyturn.storage import keys as key_store
-from keyturn.storage.database import Database
+from keyturn.storage.database import Connection, Database
 from keyturn.storage.records import SigningKey
 
 _KEY_LOCK = 0x6B74_6B6579  # PostgreSQL advisory lock: one instance creates the first key
@@ -59,7 +57,7 @@ class KeyService:
         await self.reload()
         return kid
 
-    async def _insert_new(self, conn: AsyncConnection) -> str:
+    async def _insert_new(self, conn: Connection) -> str:
         generated = crypto.generate_key()
         await key_store.insert_key(
             conn,

@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.config import Settings
 from keyturn.errors import (
@@ -25,7 +24,7 @@ from keyturn.services.context import ClientInfo, Clock
 from keyturn.services.keys import KeyService
 from keyturn.storage import audit as audit_store
 from keyturn.storage import sessions as session_store
-from keyturn.storage.database import Database
+from keyturn.storage.database import Connection, Database
 from keyturn.storage.records import Session, User
 from keyturn.storage.session_lookup import SessionLookup
 
@@ -80,7 +79,7 @@ class SessionService:
     # --- issuing ---------------------------------------------------------------------------
 
     async def open_session(
-        self, conn: AsyncConnection, user: User, client: ClientInfo, *, now: datetime
+        self, conn: Connection, user: User, client: ClientInfo, *, now: datetime
     ) -> IssuedTokens:
         """Create a session inside the caller's transaction (the caller writes the audit event)."""
         refresh_token = opaque_tokens.new_token()
@@ -232,7 +231,7 @@ class SessionService:
         raise RefreshTokenReused()
 
     async def _revoke_for_reuse(
-        self, conn: AsyncConnection, session: Session, client: ClientInfo, now: datetime
+        self, conn: Connection, session: Session, client: ClientInfo, now: datetime
     ) -> None:
         revoked = await session_store.revoke_sessions(
             conn,
@@ -258,7 +257,7 @@ class SessionService:
 
     async def revoke_in(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         *,
         user_id: str,
         reason: RevokeReason,
@@ -366,7 +365,7 @@ class SessionService:
         async with self.database.read() as conn:
             return await session_store.list_active_sessions(conn, user_id, now=self.clock())
 
-    async def mark_fresh(self, conn: AsyncConnection, session_id: str, now: datetime) -> None:
+    async def mark_fresh(self, conn: Connection, session_id: str, now: datetime) -> None:
         await session_store.mark_authenticated(conn, session_id, now=now)
 
     # --- maintenance -----------------------------------------------------------------------

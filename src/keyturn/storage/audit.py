@@ -9,14 +9,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from keyturn.ids import new_id
+from keyturn.storage.database import Connection
 from keyturn.storage.records import AnyRow, AuditEvent
 from keyturn.storage.schema import audit_chain, audit_events
 
 _CHAIN_ROW = 1
+
+# Built once (see storage/sessions.py): every login, refresh and logout appends an event.
+_HEAD = select(audit_chain).where(audit_chain.c.id == _CHAIN_ROW)
+# Appenders on every instance queue here; the lock is held only until commit.
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_INSERT = insert(audit_events)
+_ADVANCE = (
+    update(audit_chain)
+    .where(audit_chain.c.id == _CHAIN_ROW)
+    .values(last_seq=bindparam("b_seq"), last_hash=bindparam("b_hash"))
+)
 
 
 def canonical_hash(
@@ -66,18 +77,15 @@ def _event(row: AnyRow) -> AuditEvent:
     )
 
 
-async def _lock_chain(conn: AsyncConnection) -> AnyRow:
-    statement = select(audit_chain).where(audit_chain.c.id == _CHAIN_ROW)
-    if conn.dialect.name == "postgresql":
-        # Appenders on every instance queue here; the lock is held only until commit.
-        statement = statement.with_for_update()
+async def _lock_chain(conn: Connection) -> AnyRow:
+    statement = _HEAD_FOR_UPDATE if conn.dialect.name == "postgresql" else _HEAD
     row = (await conn.execute(statement)).first()
     if row is None:
         raise RuntimeError("audit_chain row missing; run keyturn migrate")
     return row
 
 
-async def append_events(conn: AsyncConnection, events: list[dict[str, Any]]) -> list[AuditEvent]:
+async def append_events(conn: Connection, events: list[dict[str, Any]]) -> list[AuditEvent]:
     """Append events inside the caller's transaction, so a change and its event commit together."""
     if not events:
         return []
@@ -102,17 +110,13 @@ async def append_events(conn: AsyncConnection, events: list[dict[str, Any]]) -> 
         )
         written.append(record)
         prev_hash = digest
-    await conn.execute(insert(audit_events), rows)
-    await conn.execute(
-        update(audit_chain)
-        .where(audit_chain.c.id == _CHAIN_ROW)
-        .values(last_seq=seq, last_hash=prev_hash)
-    )
+    await conn.execute(_INSERT, rows)
+    await conn.execute(_ADVANCE, {"b_seq": seq, "b_hash": prev_hash})
     return written
 
 
 async def list_events(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     limit: int,
     before_seq: int | None = None,
@@ -139,12 +143,8 @@ class ChainHead:
     pruned_hash: str
 
 
-async def chain_head(conn: AsyncConnection) -> ChainHead:
-    m = (
-        (await conn.execute(select(audit_chain).where(audit_chain.c.id == _CHAIN_ROW)))
-        .one()
-        ._mapping
-    )
+async def chain_head(conn: Connection) -> ChainHead:
+    m = (await conn.execute(_HEAD)).one()._mapping
     return ChainHead(
         last_seq=int(m["last_seq"]),
         last_hash=m["last_hash"],
@@ -154,7 +154,7 @@ async def chain_head(conn: AsyncConnection) -> ChainHead:
 
 
 async def iterate_events(
-    conn: AsyncConnection, *, after_seq: int, batch_size: int = 2000
+    conn: Connection, *, after_seq: int, batch_size: int = 2000
 ) -> AsyncIterator[AuditEvent]:
     """Every event in chain order, read in batches."""
     while True:
@@ -174,7 +174,7 @@ async def iterate_events(
             return
 
 
-async def prune_before(conn: AsyncConnection, before: datetime) -> int:
+async def prune_before(conn: Connection, before: datetime) -> int:
     """Delete the oldest events, up to the first at or after `before`; keep the chain anchored."""
     head = await _lock_chain(conn)
     first_kept = (

@@ -6,8 +6,8 @@ import json
 from datetime import datetime
 
 from sqlalchemy import insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from keyturn.storage.database import Connection
 from keyturn.storage.records import AnyRow, SigningKey
 from keyturn.storage.schema import signing_keys
 
@@ -25,7 +25,7 @@ def _key(row: AnyRow) -> SigningKey:
     )
 
 
-async def published_keys(conn: AsyncConnection, *, now: datetime) -> list[SigningKey]:
+async def published_keys(conn: Connection, *, now: datetime) -> list[SigningKey]:
     """The active key and every retired key still inside its publication window, newest first."""
     result = await conn.execute(
         select(signing_keys)
@@ -36,7 +36,7 @@ async def published_keys(conn: AsyncConnection, *, now: datetime) -> list[Signin
 
 
 async def insert_key(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     kid: str,
     algorithm: str,
@@ -58,7 +58,7 @@ async def insert_key(
 
 
 async def retire_active_keys(
-    conn: AsyncConnection, *, except_kid: str, now: datetime, publish_until: datetime
+    conn: Connection, *, except_kid: str, now: datetime, publish_until: datetime
 ) -> None:
     await conn.execute(
         update(signing_keys)

@@ -7,16 +7,54 @@ from datetime import datetime
 
 from sqlalchemy import String, and_, any_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn.ids import new_id
+from keyturn.storage.database import Connection
 from keyturn.storage.records import AnyRow, RefreshToken, Session, User
 from keyturn.storage.schema import refresh_tokens, sessions, users
 from keyturn.storage.users import user_from_row
 
 _SESSION_COLUMNS = [c.label(f"s_{c.name}") for c in sessions.c]
 _TOKEN_COLUMNS = [c.label(f"t_{c.name}") for c in refresh_tokens.c]
+
+# The hot paths' statements are built once, with bound parameters: SQLAlchemy then memoizes
+# their cache keys, and executing one costs about a quarter of building it anew per call.
+_INSERT_SESSION = insert(sessions)
+_INSERT_TOKEN = insert(refresh_tokens)
+_SESSION_BY_ID = select(sessions).where(sessions.c.id == bindparam("b_id"))
+_SESSION_AND_USER = (
+    select(*_SESSION_COLUMNS, users)
+    .join_from(sessions, users, sessions.c.user_id == users.c.id)
+    .where(sessions.c.id == bindparam("b_id"))
+)
+_TOUCH = (
+    update(sessions)
+    .where(
+        sessions.c.id == bindparam("b_id"),
+        sessions.c.revoked_at.is_(None),
+        sessions.c.last_seen_at <= bindparam("b_not_since"),
+    )
+    .values(last_seen_at=bindparam("b_now"), ends_at=bindparam("b_ends_at"))
+)
+_CLAIM = (
+    update(refresh_tokens)
+    .where(
+        refresh_tokens.c.token_hash == bindparam("b_hash"), refresh_tokens.c.rotated_at.is_(None)
+    )
+    .values(rotated_at=bindparam("b_now"))
+    .returning(*_TOKEN_COLUMNS)
+)
+_TOKEN_SESSION_AND_USER = (
+    select(*_TOKEN_COLUMNS, *_SESSION_COLUMNS, users)
+    .join_from(refresh_tokens, sessions, refresh_tokens.c.session_id == sessions.c.id)
+    .join(users, sessions.c.user_id == users.c.id)
+    .where(refresh_tokens.c.token_hash == bindparam("b_hash"))
+)
+_SUCCESSOR = select(refresh_tokens).where(
+    refresh_tokens.c.session_id == bindparam("b_session_id"),
+    refresh_tokens.c.generation == bindparam("b_generation"),
+)
 
 
 def _session(row: AnyRow, prefix: str = "") -> Session:
@@ -30,7 +68,7 @@ def _token(row: AnyRow, prefix: str = "") -> RefreshToken:
 
 
 async def insert_session(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     user_id: str,
     rotation_key: bytes,
@@ -55,64 +93,50 @@ async def insert_session(
         ip=ip,
         user_agent=user_agent,
     )
-    await conn.execute(
-        insert(sessions).values(**{c.name: getattr(record, c.name) for c in sessions.c})
-    )
+    await conn.execute(_INSERT_SESSION, {c.name: getattr(record, c.name) for c in sessions.c})
     await insert_refresh_token(conn, record.id, refresh_token_hash, generation=0, now=now)
     return record
 
 
 async def insert_refresh_token(
-    conn: AsyncConnection, session_id: str, token_hash: str, *, generation: int, now: datetime
+    conn: Connection, session_id: str, token_hash: str, *, generation: int, now: datetime
 ) -> None:
     await conn.execute(
-        insert(refresh_tokens).values(
-            id=new_id(),
-            session_id=session_id,
-            token_hash=token_hash,
-            generation=generation,
-            created_at=now,
-            rotated_at=None,
-        )
+        _INSERT_TOKEN,
+        {
+            "id": new_id(),
+            "session_id": session_id,
+            "token_hash": token_hash,
+            "generation": generation,
+            "created_at": now,
+            "rotated_at": None,
+        },
     )
 
 
-async def get_session(conn: AsyncConnection, session_id: str) -> Session | None:
-    row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+async def get_session(conn: Connection, session_id: str) -> Session | None:
+    row = (await conn.execute(_SESSION_BY_ID, {"b_id": session_id})).first()
     return _session(row) if row else None
 
 
-async def get_session_and_user(
-    conn: AsyncConnection, session_id: str
-) -> tuple[Session, User] | None:
+async def get_session_and_user(conn: Connection, session_id: str) -> tuple[Session, User] | None:
     """The session behind an access token and its user, in one round trip."""
-    statement = (
-        select(*_SESSION_COLUMNS, users)
-        .join_from(sessions, users, sessions.c.user_id == users.c.id)
-        .where(sessions.c.id == session_id)
-    )
-    row = (await conn.execute(statement)).first()
+    row = (await conn.execute(_SESSION_AND_USER, {"b_id": session_id})).first()
     if row is None:
         return None
     return _session(row, "s_"), user_from_row(row)
 
 
 async def touch_session(
-    conn: AsyncConnection, session_id: str, *, now: datetime, ends_at: datetime, not_since: datetime
+    conn: Connection, session_id: str, *, now: datetime, ends_at: datetime, not_since: datetime
 ) -> None:
     """Record activity unless it was recorded after `not_since` (reads must not become writes)."""
     await conn.execute(
-        update(sessions)
-        .where(
-            sessions.c.id == session_id,
-            sessions.c.revoked_at.is_(None),
-            sessions.c.last_seen_at <= not_since,
-        )
-        .values(last_seen_at=now, ends_at=ends_at)
+        _TOUCH, {"b_id": session_id, "b_now": now, "b_ends_at": ends_at, "b_not_since": not_since}
     )
 
 
-async def find_session_by_token_hash(conn: AsyncConnection, token_hash: str) -> Session | None:
+async def find_session_by_token_hash(conn: Connection, token_hash: str) -> Session | None:
     row = (
         await conn.execute(
             select(sessions)
@@ -135,44 +159,27 @@ class ClaimedToken:
 
 
 async def claim_refresh_token(
-    conn: AsyncConnection, token_hash: str, *, now: datetime
+    conn: Connection, token_hash: str, *, now: datetime
 ) -> ClaimedToken | None:
     """Mark the token rotated if nobody has; either way return what the caller needs to decide.
 
     The conditional UPDATE is the race arbiter: on PostgreSQL a concurrent claimer blocks on
     the row lock and then sees `rotated_at` set; on SQLite the write lock serializes them.
     """
-    won = (
-        await conn.execute(
-            update(refresh_tokens)
-            .where(refresh_tokens.c.token_hash == token_hash, refresh_tokens.c.rotated_at.is_(None))
-            .values(rotated_at=now)
-            .returning(*_TOKEN_COLUMNS)
-        )
-    ).first()
+    won = (await conn.execute(_CLAIM, {"b_hash": token_hash, "b_now": now})).first()
     if won is not None:
         token = _token(won, "t_")
         found = await get_session_and_user(conn, token.session_id)
         if found is None:
             return None
         return ClaimedToken(token, found[0], found[1], successor=None, claimed=True)
-    row = (
-        await conn.execute(
-            select(*_TOKEN_COLUMNS, *_SESSION_COLUMNS, users)
-            .join_from(refresh_tokens, sessions, refresh_tokens.c.session_id == sessions.c.id)
-            .join(users, sessions.c.user_id == users.c.id)
-            .where(refresh_tokens.c.token_hash == token_hash)
-        )
-    ).first()
+    row = (await conn.execute(_TOKEN_SESSION_AND_USER, {"b_hash": token_hash})).first()
     if row is None:
         return None
     token = _token(row, "t_")
     successor_row = (
         await conn.execute(
-            select(refresh_tokens).where(
-                refresh_tokens.c.session_id == token.session_id,
-                refresh_tokens.c.generation == token.generation + 1,
-            )
+            _SUCCESSOR, {"b_session_id": token.session_id, "b_generation": token.generation + 1}
         )
     ).first()
     return ClaimedToken(
@@ -184,14 +191,14 @@ async def claim_refresh_token(
     )
 
 
-async def mark_authenticated(conn: AsyncConnection, session_id: str, *, now: datetime) -> None:
+async def mark_authenticated(conn: Connection, session_id: str, *, now: datetime) -> None:
     await conn.execute(
         update(sessions).where(sessions.c.id == session_id).values(authenticated_at=now)
     )
 
 
 async def revoke_sessions(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     user_id: str,
     now: datetime,
@@ -219,9 +226,7 @@ async def revoke_sessions(
     return [_session(row) for row in result]
 
 
-async def list_active_sessions(
-    conn: AsyncConnection, user_id: str, *, now: datetime
-) -> list[Session]:
+async def list_active_sessions(conn: Connection, user_id: str, *, now: datetime) -> list[Session]:
     result = await conn.execute(
         select(sessions)
         .where(
@@ -234,7 +239,7 @@ async def list_active_sessions(
     return [_session(row) for row in result]
 
 
-async def purge_ended(conn: AsyncConnection, *, now: datetime, batch_size: int) -> tuple[int, int]:
+async def purge_ended(conn: Connection, *, now: datetime, batch_size: int) -> tuple[int, int]:
     """Delete up to `batch_size` ended sessions and their tokens: (sessions, tokens) removed."""
     candidates = (
         select(sessions.c.id)
@@ -260,7 +265,7 @@ async def purge_ended(conn: AsyncConnection, *, now: datetime, batch_size: int) 
     return removed.rowcount, tokens.rowcount
 
 
-async def count_active_sessions(conn: AsyncConnection, *, now: datetime) -> int:
+async def count_active_sessions(conn: Connection, *, now: datetime) -> int:
     statement = select(func.count()).where(
         sessions.c.ends_at > now, sessions.c.revoked_at.is_(None)
     )

@@ -5,13 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.errors import EmailTaken
+from keyturn.storage.database import Connection
 from keyturn.storage.records import AnyRow, User
 from keyturn.storage.schema import users
+
+# Built once (see storage/sessions.py): these run on every login and registration.
+_INSERT = insert(users)
+_BY_ID = select(users).where(users.c.id == bindparam("b_id"))
+_BY_EMAIL = select(users).where(users.c.email == bindparam("b_email"))
 
 
 def user_from_row(row: AnyRow) -> User:
@@ -31,7 +36,7 @@ def user_from_row(row: AnyRow) -> User:
 
 
 async def insert_user(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     user_id: str,
     email: str,
@@ -53,23 +58,23 @@ async def insert_user(
         "deleted_at": None,
     }
     try:
-        await conn.execute(insert(users).values(**values))
+        await conn.execute(_INSERT, values)
     except IntegrityError:
         raise EmailTaken() from None
     return User(**values)  # type: ignore[arg-type]
 
 
-async def get_user(conn: AsyncConnection, user_id: str) -> User | None:
-    row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
+async def get_user(conn: Connection, user_id: str) -> User | None:
+    row = (await conn.execute(_BY_ID, {"b_id": user_id})).first()
     return user_from_row(row) if row else None
 
 
-async def get_user_by_email(conn: AsyncConnection, email: str) -> User | None:
-    row = (await conn.execute(select(users).where(users.c.email == email))).first()
+async def get_user_by_email(conn: Connection, email: str) -> User | None:
+    row = (await conn.execute(_BY_EMAIL, {"b_email": email})).first()
     return user_from_row(row) if row else None
 
 
-async def update_user(conn: AsyncConnection, user_id: str, **values: Any) -> User | None:
+async def update_user(conn: Connection, user_id: str, **values: Any) -> User | None:
     """Change some columns; returns the new row, or None for an unknown id."""
     try:
         result = await conn.execute(
@@ -82,7 +87,7 @@ async def update_user(conn: AsyncConnection, user_id: str, **values: Any) -> Use
 
 
 async def search_users(
-    conn: AsyncConnection, *, query: str | None, limit: int, after_id: str | None
+    conn: Connection, *, query: str | None, limit: int, after_id: str | None
 ) -> list[User]:
     """Users in id order (creation order), optionally matching an email or name fragment."""
     statement = select(users).where(users.c.deleted_at.is_(None))

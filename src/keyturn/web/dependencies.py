@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
+from fastapi.security.base import SecurityBase
 
 from keyturn.errors import Forbidden, Unauthorized
 from keyturn.services.context import ClientInfo
@@ -37,9 +38,36 @@ class Dependencies:
     client: Callable[..., Awaitable[ClientInfo]]
 
 
+class BearerPrincipal(SecurityBase):
+    """The caller behind a bearer token (or the access cookie), as one flat dependency.
+
+    FastAPI resolves every level of nested dependencies on every request, and this one runs
+    on every protected request: it reads the header itself instead of depending on
+    `OAuth2PasswordBearer`. Being a `SecurityBase` with that scheme's model, it still declares
+    the scheme in OpenAPI (Swagger's Authorize button). It never reads the query string.
+    """
+
+    def __init__(self, keyturn: "Keyturn", *, token_url: str) -> None:
+        declared = OAuth2PasswordBearer(tokenUrl=token_url, auto_error=False)
+        self.model = declared.model
+        self.scheme_name = declared.scheme_name
+        self._keyturn = keyturn
+
+    async def __call__(self, request: Request) -> Principal:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            token = request.cookies.get(ACCESS_COOKIE, "")
+            if token:
+                check_csrf(request)
+        if not token:
+            raise Unauthorized()
+        found = await self._keyturn.sessions.authenticate(token)
+        request.state.principal = found
+        return found
+
+
 def build_dependencies(keyturn: "Keyturn", *, token_url: str) -> Dependencies:
-    # Declares the scheme in OpenAPI (Swagger's Authorize button); never reads the query string.
-    bearer = OAuth2PasswordBearer(tokenUrl=token_url, auto_error=False)
     trusted = keyturn.settings.trusted_proxies
 
     async def client(request: Request) -> ClientInfo:  # async: no thread-pool hop
@@ -50,18 +78,7 @@ def build_dependencies(keyturn: "Keyturn", *, token_url: str) -> Dependencies:
         agent = request.headers.get("user-agent", "").replace("\x00", "")[:MAX_USER_AGENT]
         return ClientInfo(ip=ip, user_agent=agent or None)
 
-    async def principal(
-        request: Request, token: Annotated[str | None, Depends(bearer)]
-    ) -> Principal:
-        if not token:
-            token = request.cookies.get(ACCESS_COOKIE)
-            if token:
-                check_csrf(request)
-        if not token:
-            raise Unauthorized()
-        found = await keyturn.sessions.authenticate(token)
-        request.state.principal = found
-        return found
+    principal = BearerPrincipal(keyturn, token_url=token_url)
 
     async def current_user(found: Annotated[Principal, Depends(principal)]) -> User:
         return found.user

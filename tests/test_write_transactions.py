@@ -1,0 +1,119 @@
+"""Write transactions: many at once all commit, one that fails rolls back alone, an answered
+write is already visible to everyone, and waiting for another process's lock never stalls the
+event loop (SQLite commits concurrent transactions together, see storage/database.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy.engine import make_url
+
+from keyturn import Keyturn
+from keyturn.errors import EmailTaken
+from keyturn.storage import users as user_store
+from keyturn.storage.database import Database
+
+
+class Refused(Exception):
+    pass
+
+
+async def _insert(database: Database, index: int, *, fail: bool = False) -> None:
+    async with database.write() as conn:
+        await user_store.insert_user(
+            conn,
+            user_id=f"{index:032x}",
+            email=f"writer{index}@example.com",
+            name=None,
+            password_hash="x",
+            is_admin=False,
+            now=datetime.now(UTC),
+        )
+        if fail:
+            raise Refused()
+
+
+async def _exists(database: Database, index: int) -> bool:
+    async with database.read() as conn:
+        return await user_store.get_user(conn, f"{index:032x}") is not None
+
+
+async def test_concurrent_writes_all_commit_and_a_failing_one_rolls_back_alone(
+    keyturn: Keyturn,
+) -> None:
+    database = keyturn.database
+    results = await asyncio.gather(
+        *(_insert(database, i, fail=(i == 7)) for i in range(24)), return_exceptions=True
+    )
+    assert [type(r) for r in results if r is not None] == [Refused]
+    assert [i for i in range(24) if not await _exists(database, i)] == [7]
+
+
+async def test_an_email_conflict_fails_only_its_own_transaction(keyturn: Keyturn) -> None:
+    database = keyturn.database
+    await _insert(database, 1)
+
+    async def duplicate() -> None:  # the email of index 1, under a new id
+        async with database.write() as conn:
+            await user_store.insert_user(
+                conn,
+                user_id=f"{99:032x}",
+                email="writer1@example.com",
+                name=None,
+                password_hash="x",
+                is_admin=False,
+                now=datetime.now(UTC),
+            )
+
+    results = await asyncio.gather(
+        duplicate(), _insert(database, 2), _insert(database, 3), return_exceptions=True
+    )
+    assert isinstance(results[0], EmailTaken)
+    assert list(results[1:]) == [None, None]
+    assert [await _exists(database, i) for i in (1, 2, 3, 99)] == [True, True, True, False]
+
+
+async def test_an_answered_sqlite_write_is_in_the_file_for_any_other_connection(
+    sqlite_keyturn: Keyturn,
+) -> None:
+    keyturn = sqlite_keyturn
+    path = make_url(keyturn.settings.database_url).database
+    assert path
+    await asyncio.gather(*(_insert(keyturn.database, i) for i in range(8)))
+    with sqlite3.connect(path) as other:
+        (count,) = other.execute("SELECT count(*) FROM users WHERE email LIKE 'writer%'").fetchone()
+    assert count == 8
+
+
+async def test_waiting_for_another_process_s_write_lock_leaves_the_event_loop_free(
+    sqlite_keyturn: Keyturn,
+) -> None:
+    keyturn = sqlite_keyturn
+    path = make_url(keyturn.settings.database_url).database
+    assert path
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    counting = asyncio.create_task(ticker())
+    writing = asyncio.create_task(_insert(keyturn.database, 5))
+    started = time.perf_counter()
+    await asyncio.sleep(0.3)
+    assert not writing.done()  # still waiting for the lock ...
+    other.execute("COMMIT")  # ... until the other writer lets go
+    other.close()
+    await writing
+    counting.cancel()
+    waited = time.perf_counter() - started
+    assert await _exists(keyturn.database, 5)
+    # The loop kept running while the write waited: about one tick per 10 ms of waiting.
+    assert ticks >= int(waited / 0.01) // 2
