@@ -26,6 +26,10 @@ from keyturn.storage.records import Session, User
 from keyturn.storage.schema import sessions, users
 
 
+async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
+    return None
+
+
 def _prefixed(alias: str, table: Table) -> str:
     return ", ".join(f"{alias}.{column.name}" for column in table.c)
 
@@ -152,6 +156,10 @@ class SessionLookup:
                     max_size=self.pool_size,
                     # One round trip per look-up: the statement is prepared once per connection.
                     statement_cache_size=64,
+                    # Connections here only ever run that one read, in autocommit: there is no
+                    # session state to reset, and asyncpg's default reset is a second round
+                    # trip (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) per look-up.
+                    reset=_nothing_to_reset,
                 )
             return self._pool
 
