@@ -8,6 +8,7 @@ tables: one transaction on SQLite, COPY on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import time
@@ -147,6 +148,7 @@ def _insert_sqlite(database: TempDatabase, start: int, count: int) -> None:
         connection.execute("ANALYZE")
     finally:
         connection.close()
+    _settle()
 
 
 async def _insert_postgres(database: TempDatabase, start: int, count: int) -> None:
@@ -173,8 +175,18 @@ async def _insert_postgres(database: TempDatabase, start: int, count: int) -> No
         # After a bulk load, as after any: fresh planner statistics (autovacuum would follow).
         await connection.execute("ANALYZE sessions")
         await connection.execute("ANALYZE refresh_tokens")
+        if superuser:
+            await connection.execute("CHECKPOINT")
     finally:
         await connection.close()
+    _settle()
+
+
+def _settle() -> None:
+    """Let the bulk load's hundreds of MB reach the disk before measuring: real traffic never
+    writes that much at once, and the write-back would otherwise compete with the requests."""
+    os.sync()
+    time.sleep(1.0)
 
 
 async def _pg_scalar(database: TempDatabase, statement: str) -> int:

@@ -45,6 +45,27 @@ _CLAIM = (
     .values(rotated_at=bindparam("b_now"))
     .returning(*_TOKEN_COLUMNS)
 )
+# PostgreSQL only (SQLite has no UPDATE inside WITH; there a statement costs no round trip):
+# the claim and the session and user it needs, in one round trip.
+_CLAIMED = (
+    update(refresh_tokens)
+    .where(
+        refresh_tokens.c.token_hash == bindparam("b_hash"),
+        refresh_tokens.c.rotated_at.is_(None),
+    )
+    .values(rotated_at=bindparam("b_now"))
+    .returning(*refresh_tokens.c)
+    .cte("claimed")
+)
+_CLAIM_WITH_SESSION_AND_USER = (
+    select(
+        *[_CLAIMED.c[c.name].label(f"t_{c.name}") for c in refresh_tokens.c],
+        *_SESSION_COLUMNS,
+        users,
+    )
+    .join_from(_CLAIMED, sessions, _CLAIMED.c.session_id == sessions.c.id)
+    .join(users, sessions.c.user_id == users.c.id)
+)
 _TOKEN_SESSION_AND_USER = (
     select(*_TOKEN_COLUMNS, *_SESSION_COLUMNS, users)
     .join_from(refresh_tokens, sessions, refresh_tokens.c.session_id == sessions.c.id)
@@ -166,7 +187,16 @@ async def claim_refresh_token(
     The conditional UPDATE is the race arbiter: on PostgreSQL a concurrent claimer blocks on
     the row lock and then sees `rotated_at` set; on SQLite the write lock serializes them.
     """
-    won = (await conn.execute(_CLAIM, {"b_hash": token_hash, "b_now": now})).first()
+    claim = {"b_hash": token_hash, "b_now": now}
+    if conn.dialect.name == "postgresql":
+        row = (await conn.execute(_CLAIM_WITH_SESSION_AND_USER, claim)).first()
+        if row is not None:
+            return ClaimedToken(
+                _token(row, "t_"), _session(row, "s_"), user_from_row(row), None, claimed=True
+            )
+        won = None
+    else:
+        won = (await conn.execute(_CLAIM, claim)).first()
     if won is not None:
         token = _token(won, "t_")
         found = await get_session_and_user(conn, token.session_id)
