@@ -30,7 +30,7 @@ MAX_USER_AGENT = 512
 class Dependencies:
     """What a route can ask for; all bound to one `Keyturn`."""
 
-    principal: Callable[..., Awaitable[Principal]]
+    principal: "BearerPrincipal"
     current_user: Callable[..., Awaitable[User]]
     current_session: Callable[..., Awaitable[Session]]
     fresh_principal: Callable[..., Awaitable[Principal]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -20,6 +21,23 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 access_log = logging.getLogger("keyturn.access")
+
+# Request ids: a random prefix per process and a counter. Unique across instances and
+# restarts, as a log search needs; not secret, so not worth a getrandom system call each.
+_id_prefix = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+def _reseed_request_ids() -> None:  # a forked worker must not repeat its parent's ids
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = os.urandom(8).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed_request_ids)
 
 
 def client_ip(scope: Scope, trusted: Sequence[IPNetwork]) -> str | None:
@@ -121,7 +139,7 @@ class KeyturnMiddleware:
             incoming = _header(scope, b"x-request-id")
             if incoming and _REQUEST_ID.match(incoming):
                 return incoming
-        return os.urandom(16).hex()
+        return _new_request_id()
 
     async def _read_limited(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it is known to be too large (never read further)."""

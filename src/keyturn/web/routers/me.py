@@ -3,7 +3,7 @@
 import re
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from keyturn.errors import NotFound
 from keyturn.services.context import ClientInfo
@@ -32,9 +32,16 @@ def build_me_router(keyturn: "Keyturn") -> APIRouter:
     Client = Annotated[ClientInfo, Depends(deps.client)]
     CurrentPrincipal = Annotated[Principal, Depends(deps.principal)]
 
-    @router.get("", response_model=UserOut)
-    async def me(principal: CurrentPrincipal) -> Response:
-        # The hottest route: serialized directly (the model still documents it in OpenAPI).
+    @router.get(
+        "",
+        response_model=UserOut,
+        openapi_extra={"security": [{deps.principal.scheme_name: []}]},
+    )
+    async def me(request: Request) -> Response:
+        # The hottest route, kept to FastAPI's cheapest path: the principal is called, not
+        # injected (dependency resolution was a tenth of its cost), and the answer is
+        # serialized directly. OpenAPI still shows the model and the security scheme.
+        principal = await deps.principal(request)
         return Response(UserOut.of(principal.user).model_dump_json(), media_type="application/json")
 
     @router.patch("", response_model=UserOut)
