@@ -9,12 +9,18 @@ import sqlite3
 import time
 from datetime import UTC, datetime
 
+import asyncpg
 from sqlalchemy.engine import make_url
 
 from keyturn import Keyturn
 from keyturn.errors import EmailTaken
 from keyturn.storage import users as user_store
 from keyturn.storage.database import Database
+from tests.actions import bearer, register
+from tests.clock import FakeClock
+from tests.conftest import settings_for
+from tests.databases import _asyncpg_dsn, postgres_admin_url
+from tests.instances import client_of, started
 
 
 class Refused(Exception):
@@ -117,3 +123,28 @@ async def test_waiting_for_another_process_s_write_lock_leaves_the_event_loop_fr
     assert await _exists(keyturn.database, 5)
     # The loop kept running while the write waited: about one tick per 10 ms of waiting.
     assert ticks >= int(waited / 0.01) // 2
+
+
+async def test_after_postgresql_drops_every_connection_requests_carry_on(
+    postgres_url: str, clock: FakeClock
+) -> None:
+    """A restart or failover kills idle connections; the next look-up and the next write
+    transaction notice, open fresh ones, and answer as if nothing happened."""
+    async with started(settings_for(postgres_url), clock) as keyturn, client_of(keyturn) as http:
+        tokens = await register(http)
+        assert (await http.get("/me", headers=bearer(tokens))).status_code == 200
+        admin = await asyncpg.connect(_asyncpg_dsn(postgres_admin_url() or ""))
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                make_url(postgres_url).database,
+            )
+        finally:
+            await admin.close()
+        assert killed >= 1
+        assert (await http.get("/me", headers=bearer(tokens))).status_code == 200
+        refreshed = await http.post(
+            "/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+        )
+        assert refreshed.status_code == 200, refreshed.text

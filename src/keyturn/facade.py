@@ -71,9 +71,7 @@ class Keyturn:
             refresh_interval=self.settings.key_refresh_interval,
         )
         self.metrics.watch_hash_queue(lambda: self.hasher.queue_depth)
-        self.lookup = SessionLookup(
-            self.database, pool_size=max(2, self.settings.database_pool_size // 2)
-        )
+        self.lookup = SessionLookup(self.database)
         self.sessions = SessionService(
             self.database, self.settings, clock, self.keys, self.metrics, self.lookup
         )

@@ -29,6 +29,7 @@ from sqlalchemy.sql.selectable import TypedReturnsRows
 from sqlalchemy.util.typing import TupleAny
 
 from keyturn.errors import Unavailable
+from keyturn.storage.postgres import TRANSIENT_SQLSTATES, AsyncpgConnection, Connections
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -231,11 +232,20 @@ class Database:
             # and queueing in the pool is cheaper than spinning on the busy timeout.
             self._writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
             self._group: _GroupCommitWriter | None = _GroupCommitWriter(url)
+            self.postgres: Connections | None = None
         else:
+            # The hot paths (write transactions, session look-ups) run straight on asyncpg;
+            # SQLAlchemy's pool serves the rest (lists, migrations, locks) with half as many.
             # No overflow: connections that open and close under load cost more than a short
             # wait for a pooled one (and a PostgreSQL backend process each).
+            dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+            self.postgres = Connections(dsn, pool_size)
             self._writer = create_async_engine(
-                url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=1800
+                url,
+                pool_size=max(2, pool_size // 2),
+                max_overflow=0,
+                pool_timeout=30,
+                pool_recycle=1800,
             )
             # Reads in autocommit: one round trip, not BEGIN, SELECT, ROLLBACK.
             self._reader = self._writer.execution_options(isolation_level="AUTOCOMMIT")
@@ -283,9 +293,12 @@ class Database:
         if self._group is not None:
             async with translate_errors(), self._group.transaction() as connection:
                 yield connection
-            return
-        async with translate_errors(), self._writer.begin() as connection:
-            yield connection
+        elif self.postgres is not None:
+            async with translate_errors(), self.postgres.transaction() as raw:
+                yield AsyncpgConnection(raw)
+        else:
+            async with translate_errors(), self._writer.begin() as connection:
+                yield connection
 
     async def ping(self) -> bool:
         try:
@@ -298,13 +311,11 @@ class Database:
     async def dispose(self) -> None:
         if self._group is not None:
             await self._group.dispose()
+        if self.postgres is not None:
+            await self.postgres.close()
         await self._writer.dispose()
         if self.dialect == "sqlite":  # its own engine; on PostgreSQL a view of the writer's pool
             await self._reader.dispose()
-
-
-# PostgreSQL: deadlock detected, serialization failure, lock not available, too many connections.
-_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03", "53300"})
 
 
 def _sqlstate(error: DBAPIError) -> str | None:
@@ -323,7 +334,7 @@ async def translate_errors() -> AsyncIterator[None]:
     except DBAPIError as error:
         if error.connection_invalidated:
             raise Unavailable("The database connection was lost; try again.") from error
-        if _sqlstate(error) in _TRANSIENT_SQLSTATES:
+        if _sqlstate(error) in TRANSIENT_SQLSTATES:
             raise Unavailable("The database was busy; try again.") from error
         raise
     except (OSError, TimeoutError, PoolTimeout) as error:

@@ -11,9 +11,7 @@ asyncpg's pool bookkeeping.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,91 +22,9 @@ from sqlalchemy.engine import make_url
 from keyturn.errors import Unavailable
 from keyturn.storage import sessions as session_store
 from keyturn.storage.database import Database
+from keyturn.storage.postgres import LOST, Connections
 from keyturn.storage.records import Session, User
 from keyturn.storage.schema import sessions, users
-
-_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
-
-
-class _Connections:
-    """asyncpg connections for the one look-up statement, without asyncpg's pool.
-
-    The pool's acquire and release (timeouts, a reset query, inactivity timers) cost more CPU
-    than the query itself: about 35 µs against 22 µs here. This keeps idle connections on a
-    stack and hands a returned one straight to the next waiter. A connection that fails or is
-    interrupted is dropped; the next call opens another.
-    """
-
-    def __init__(self, dsn: str, size: int) -> None:
-        self._dsn = dsn
-        self._size = size
-        self._idle: list[asyncpg.Connection] = []
-        self._opened = 0
-        self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
-        self._closed = False
-
-    async def fetchrow(self, query: str, *args: Any) -> Any:
-        connection = self._idle.pop() if self._idle else await self._acquire()
-        try:
-            row = await connection.fetchrow(query, *args)
-        except BaseException:
-            self._drop(connection)
-            raise
-        self._release(connection)
-        return row
-
-    async def _acquire(self) -> asyncpg.Connection:
-        while True:
-            if self._closed:
-                raise Unavailable("The server is shutting down.")
-            if self._opened < self._size:
-                self._opened += 1
-                try:
-                    # The statement is prepared once per connection: one round trip per look-up.
-                    return await asyncpg.connect(self._dsn, statement_cache_size=64)
-                except BaseException:
-                    self._opened -= 1
-                    self._hand_over(None)
-                    raise
-            waiter: asyncio.Future[asyncpg.Connection | None] = (
-                asyncio.get_running_loop().create_future()
-            )
-            self._waiters.append(waiter)
-            try:
-                connection = await waiter  # None: a slot was freed, open a connection
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    self._release(waiter.result())  # handed over just as we were cancelled
-                raise
-            if connection is not None:
-                return connection
-
-    def _hand_over(self, connection: asyncpg.Connection | None) -> bool:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(connection)
-                return True
-        return False
-
-    def _release(self, connection: asyncpg.Connection) -> None:
-        if self._closed:
-            self._drop(connection)
-        elif not self._hand_over(connection):
-            self._idle.append(connection)
-
-    def _drop(self, connection: asyncpg.Connection) -> None:
-        connection.terminate()
-        self._opened -= 1
-        self._hand_over(None)
-
-    async def close(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            self._opened -= 1
-            await connection.close()
-        self._hand_over(None)
 
 
 def _prefixed(alias: str, table: Table) -> str:
@@ -169,15 +85,13 @@ def _records(row: Any, time: Any) -> tuple[Session, User]:
 
 
 class SessionLookup:
-    def __init__(self, database: Database, *, pool_size: int = 10) -> None:
+    def __init__(self, database: Database) -> None:
         self.database = database
-        self.pool_size = pool_size
         self._sqlite: sqlite3.Connection | None = None
         # The last row read per session and the records built from it: the row is fetched on
         # every request (that is the revocation check); only the parsing is skipped when the
         # row has not changed since.
         self._built: dict[str, tuple[tuple[Any, ...], tuple[Session, User]]] = {}
-        self._connections: _Connections | None = None
         # SQLite: what was read while the database stood at `_version` (PRAGMA data_version,
         # which moves whenever any other connection, in any process, commits).
         self._version: int | None = None
@@ -189,8 +103,8 @@ class SessionLookup:
                 return self._find_sqlite(session_id)
             except sqlite3.Error:
                 pass  # busy or odd: the async path below waits properly
-        elif self.database.dialect == "postgresql":
-            return await self._find_postgresql(session_id)
+        elif self.database.postgres is not None:
+            return await self._find_postgresql(self.database.postgres, session_id)
         async with self.database.read() as conn:
             return await session_store.get_session_and_user(conn, session_id)
 
@@ -221,15 +135,16 @@ class SessionLookup:
             self._unchanged[session_id] = found
         return found
 
-    async def _find_postgresql(self, session_id: str) -> tuple[Session, User] | None:
-        connections = self._connections or self._open_connections()
+    async def _find_postgresql(
+        self, connections: Connections, session_id: str
+    ) -> tuple[Session, User] | None:
         try:
             row = await connections.fetchrow(_POSTGRES_SELECT, session_id)
-        except _LOST:
+        except LOST:
             # An idle connection may have died with a database restart: one fresh try.
             try:
                 row = await connections.fetchrow(_POSTGRES_SELECT, session_id)
-            except (*_LOST, asyncpg.TooManyConnectionsError) as error:
+            except (*LOST, asyncpg.TooManyConnectionsError) as error:
                 raise Unavailable("The database is unreachable; try again.") from error
         except asyncpg.TooManyConnectionsError as error:
             raise Unavailable("The database is unreachable; try again.") from error
@@ -250,15 +165,7 @@ class SessionLookup:
         self._built[session_id] = (row, records)
         return records
 
-    def _open_connections(self) -> _Connections:
-        dsn = make_url(self.database.url).set(drivername="postgresql")
-        self._connections = _Connections(dsn.render_as_string(hide_password=False), self.pool_size)
-        return self._connections
-
     async def close(self) -> None:
         if self._sqlite is not None:
             self._sqlite.close()
             self._sqlite = None
-        if self._connections is not None:
-            await self._connections.close()
-            self._connections = None
