@@ -29,7 +29,8 @@ from sqlalchemy.sql.selectable import TypedReturnsRows
 from sqlalchemy.util.typing import TupleAny
 
 from keyturn.errors import Unavailable
-from keyturn.storage.postgres import TRANSIENT_SQLSTATES, AsyncpgConnection, Connections
+from keyturn.storage.driver import AsyncpgConnection, SqliteConnection
+from keyturn.storage.postgres import TRANSIENT_SQLSTATES, Connections
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -87,30 +88,6 @@ class Connection(Protocol):
     async def exec_driver_sql(self, statement: str, /) -> CursorResult[*TupleAny]: ...
 
 
-class _LoopConnection:
-    """A synchronous SQLite connection used from the event loop, statement by statement.
-
-    Inside a write transaction (the lock is already ours) a statement only touches pages in
-    memory: tens of microseconds, less than one hop to a worker thread. What can wait on disk
-    or on another process (BEGIN IMMEDIATE, COMMIT's fsync) runs in the writer's thread.
-    """
-
-    __slots__ = ("_connection",)
-
-    def __init__(self, connection: SyncConnection) -> None:
-        self._connection = connection
-
-    @property
-    def dialect(self) -> Dialect:
-        return self._connection.dialect
-
-    async def execute(self, statement: Executable, parameters: Any = None, /) -> CursorResult[Any]:
-        return self._connection.execute(statement, parameters)
-
-    async def exec_driver_sql(self, statement: str, /) -> CursorResult[Any]:
-        return self._connection.exec_driver_sql(statement)
-
-
 @dataclass(slots=True)
 class _Batch:
     connection: SyncConnection
@@ -163,7 +140,7 @@ class _GroupCommitWriter:
                 batch.broken = True
                 raise Unavailable("The database failed mid-transaction; try again.") from error
             try:
-                yield _LoopConnection(batch.connection)
+                yield SqliteConnection(driver)
                 driver.execute("RELEASE request")
             except BaseException:
                 try:

@@ -1,28 +1,15 @@
-"""PostgreSQL straight on asyncpg, for the hot paths: a small set of connections, and write
-transactions whose statements SQLAlchemy compiles once and asyncpg runs.
-
-Through SQLAlchemy's asyncpg adapter a statement costs about 140 µs of CPU and BEGIN with
-COMMIT about 300 µs, mostly in the adapter (greenlets, cursor emulation, result buffering);
-asyncpg itself needs about 25 µs for a prepared statement. A refresh is seven statements.
-"""
+"""PostgreSQL straight on asyncpg for the hot paths (session look-ups, write transactions):
+a small set of plain connections. What runs on them is in storage/driver.py."""
 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
-from sqlalchemy import CursorResult, Dialect, Executable, Insert
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.sql.elements import ClauseElement
-from sqlalchemy.util.typing import TupleAny
 
 from keyturn.errors import Unavailable
 
@@ -151,132 +138,3 @@ class Connections:
             self._opened -= 1
             await connection.close()
         self._hand_over(None)
-
-
-_PG_DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """A statement compiled once for asyncpg: its SQL, parameter order and value converters."""
-
-    sql: str
-    names: tuple[str, ...]
-    compiled: Any
-    bind: tuple[Any, ...]  # per position: a converter or None
-    keys: tuple[str, ...]  # result column names
-    results: tuple[Any, ...]  # per result column: a converter or None
-    returns_rows: bool
-
-    def args(self, parameters: dict[str, Any] | None) -> list[Any]:
-        values = self.compiled.construct_params(parameters or None, _check=False)
-        return [
-            value if convert is None else convert(value)
-            for convert, value in zip(self.bind, (values[n] for n in self.names), strict=True)
-        ]
-
-    def rows(self, records: list[Any]) -> list[tuple[Any, ...]]:
-        if not any(self.results):
-            return [tuple(r) for r in records]
-        return [
-            tuple(v if c is None else c(v) for c, v in zip(self.results, r, strict=True))
-            for r in records
-        ]
-
-
-_plans: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], _Plan]] = weakref.WeakKeyDictionary()
-
-
-def _plan(statement: Executable, keys: tuple[str, ...]) -> _Plan:
-    by_keys = _plans.get(statement)
-    if by_keys is None:
-        by_keys = _plans[statement] = {}
-    plan = by_keys.get(keys)
-    if plan is None:
-        compiled: Any = cast(ClauseElement, statement).compile(
-            dialect=_PG_DIALECT,
-            column_keys=list(keys) if keys else None,
-            compile_kwargs={"render_postcompile": True},
-        )
-        if compiled.insert_prefetch or compiled.update_prefetch:
-            # Column defaults computed in Python are filled in by SQLAlchemy's execution
-            # context, which this path skips: the stores pass every column.
-            raise RuntimeError("statement relies on Python-side column defaults")
-        names = tuple(compiled.positiontup or ())
-        processors = compiled._bind_processors
-        columns = compiled._result_columns or []
-        plan = _Plan(
-            sql=compiled.string,
-            names=names,
-            compiled=compiled,
-            bind=tuple(processors.get(n) for n in names),
-            keys=tuple(c[0] for c in columns),
-            results=tuple(c[3]._cached_result_processor(_PG_DIALECT, None) for c in columns),
-            returns_rows=bool(columns),
-        )
-        by_keys[keys] = plan
-    return plan
-
-
-class _Rows(IteratorResult[*TupleAny]):
-    """Rows already fetched, with SQLAlchemy's result API (`first`, `one`, `_mapping`...)."""
-
-    def __init__(self, keys: tuple[str, ...], rows: list[tuple[Any, ...]], rowcount: int) -> None:
-        super().__init__(SimpleResultMetaData(list(keys)), iter(rows))
-        self.rowcount = rowcount
-
-
-def _rowcount(status: str) -> int:
-    tail = status.rpartition(" ")[2]
-    return int(tail) if tail.isdigit() else 0
-
-
-def _translate(error: Exception, sql: str) -> Exception:
-    """asyncpg's errors as the SQLAlchemy ones the stores and `translate_errors` expect."""
-    if isinstance(error, asyncpg.IntegrityConstraintViolationError):
-        return IntegrityError(sql, None, error)
-    if isinstance(error, LOST):
-        return Unavailable("The database connection was lost; try again.")
-    if isinstance(error, asyncpg.PostgresError) and error.sqlstate in TRANSIENT_SQLSTATES:
-        return Unavailable("The database was busy; try again.")
-    return DBAPIError(sql, None, error)
-
-
-class AsyncpgConnection:
-    """A write transaction's connection: the `Connection` the stores use (see database.py),
-    with each statement compiled by SQLAlchemy once and run by asyncpg."""
-
-    __slots__ = ("_raw",)
-
-    def __init__(self, raw: asyncpg.Connection) -> None:
-        self._raw = raw
-
-    @property
-    def dialect(self) -> Dialect:
-        return _PG_DIALECT
-
-    async def execute(self, statement: Executable, parameters: Any = None, /) -> CursorResult[Any]:
-        many = isinstance(parameters, list)
-        first = parameters[0] if many else parameters
-        keys = tuple(first) if isinstance(statement, Insert) and first else ()
-        plan = _plan(statement, keys)
-        try:
-            if many:
-                await self._raw.executemany(plan.sql, [plan.args(p) for p in parameters])
-                result = _Rows(plan.keys, [], len(parameters))
-            elif plan.returns_rows:
-                records = await self._raw.fetch(plan.sql, *plan.args(parameters))
-                result = _Rows(plan.keys, plan.rows(records), len(records))
-            else:
-                status = await self._raw.execute(plan.sql, *plan.args(parameters))
-                result = _Rows((), [], _rowcount(status))
-        except (asyncpg.PostgresError, *LOST) as error:
-            raise _translate(error, plan.sql) from error
-        return cast(CursorResult[Any], result)
-
-    async def exec_driver_sql(self, statement: str, /) -> CursorResult[Any]:
-        try:
-            await self._raw.execute(statement)
-        except (asyncpg.PostgresError, *LOST) as error:
-            raise _translate(error, statement) from error
-        return cast(CursorResult[Any], _Rows((), [], 0))
