@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from keyturn import Keyturn, Settings
+from keyturn.metrics import Metrics
 from keyturn.web.app import create_app
 from tests.actions import PASSWORD, register
 from tests.clock import FakeClock
@@ -72,3 +73,20 @@ async def test_metrics_mode_public_and_off(
             assert (await remote.get("/metrics")).status_code == status
     finally:
         await keyturn.stop()
+
+
+def test_request_latency_buckets_are_cumulative_with_inclusive_bounds() -> None:
+    metrics = Metrics()
+    for seconds in (0.0005, 0.001, 0.003, 7.0):
+        metrics.observe_request("GET", "/me", 200, seconds)
+    text = metrics.render().decode()
+
+    def bucket(le: str) -> str:
+        return f'keyturn_http_request_duration_seconds_bucket{{le="{le}",route="/me"}}'
+
+    assert f"{bucket('0.001')} 2.0" in text  # a request of exactly 1 ms is within le=0.001
+    assert f"{bucket('0.005')} 3.0" in text
+    assert f"{bucket('5.0')} 3.0" in text
+    assert f"{bucket('+Inf')} 4.0" in text
+    assert 'keyturn_http_request_duration_seconds_count{route="/me"} 4.0' in text
+    assert 'keyturn_http_requests_total{method="GET",route="/me",status="200"} 4.0' in text
