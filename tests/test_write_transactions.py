@@ -82,14 +82,17 @@ async def test_an_email_conflict_fails_only_its_own_transaction(keyturn: Keyturn
     assert [await _exists(database, i) for i in (1, 2, 3, 99)] == [True, True, True, False]
 
 
+def _file(keyturn: Keyturn) -> str:
+    path = make_url(keyturn.settings.database_url).database
+    assert path
+    return path
+
+
 async def test_an_answered_sqlite_write_is_in_the_file_for_any_other_connection(
     sqlite_keyturn: Keyturn,
 ) -> None:
-    keyturn = sqlite_keyturn
-    path = make_url(keyturn.settings.database_url).database
-    assert path
-    await asyncio.gather(*(_insert(keyturn.database, i) for i in range(8)))
-    with sqlite3.connect(path) as other:
+    await asyncio.gather(*(_insert(sqlite_keyturn.database, i) for i in range(8)))
+    with sqlite3.connect(_file(sqlite_keyturn)) as other:
         (count,) = other.execute("SELECT count(*) FROM users WHERE email LIKE 'writer%'").fetchone()
     assert count == 8
 
@@ -98,9 +101,7 @@ async def test_waiting_for_another_process_s_write_lock_leaves_the_event_loop_fr
     sqlite_keyturn: Keyturn,
 ) -> None:
     keyturn = sqlite_keyturn
-    path = make_url(keyturn.settings.database_url).database
-    assert path
-    other = sqlite3.connect(path, isolation_level=None)
+    other = sqlite3.connect(_file(keyturn), isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
     ticks = 0
 
