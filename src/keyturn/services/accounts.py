@@ -146,7 +146,7 @@ class AccountService:
             await self.hasher.verify_dummy(password)
             raise InvalidCredentials() from None
         await self.throttle.check_login_allowed(email)
-        async with self.database.read() as conn:
+        async with self.database.point_read() as conn:
             user = await user_store.get_user_by_email(conn, email)
         if user is None or user.is_deleted:
             await self.hasher.verify_dummy(password)

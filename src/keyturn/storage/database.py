@@ -209,6 +209,7 @@ class Database:
             # and queueing in the pool is cheaper than spinning on the busy timeout.
             self._writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
             self._group: _GroupCommitWriter | None = _GroupCommitWriter(url)
+            self._point: sqlite3.Connection | None = None
             self.postgres: Connections | None = None
         else:
             # The hot paths (write transactions, session look-ups) run straight on asyncpg;
@@ -241,6 +242,32 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncConnection]:
         async with translate_errors(), self._reader.connect() as connection:
             yield connection
+
+    @asynccontextmanager
+    async def point_read(self) -> AsyncIterator[Connection]:
+        """For a read of a row or two by a unique index (a login's user): on SQLite straight on
+        the event loop (microseconds; aiosqlite's thread hops cost far more), on PostgreSQL one
+        round trip on a plain connection. A read that may scan belongs in `read()`.
+        """
+        if self._group is not None:
+            async with translate_errors():
+                yield SqliteConnection(self._point_reader())
+        elif self.postgres is not None:
+            async with translate_errors(), self.postgres.connection() as raw:
+                yield AsyncpgConnection(raw)
+        else:
+            async with self.read() as connection:
+                yield connection
+
+    def _point_reader(self) -> sqlite3.Connection:
+        if self._point is None:
+            path = make_url(self.url).database or ""
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA query_only=1")
+            # WAL readers do not wait for the writer; the rare busy answer is a quick 503.
+            connection.execute("PRAGMA busy_timeout=50")
+            self._point = connection
+        return self._point
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
@@ -288,6 +315,9 @@ class Database:
     async def dispose(self) -> None:
         if self._group is not None:
             await self._group.dispose()
+            if self._point is not None:
+                self._point.close()
+                self._point = None
         if self.postgres is not None:
             await self.postgres.close()
         await self._writer.dispose()

@@ -57,6 +57,20 @@ class Connections:
         return row
 
     @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in autocommit, for a statement or two."""
+        connection = self._idle.pop() if self._idle else await self._acquire()
+        try:
+            yield connection
+        except BaseException as error:
+            if isinstance(error, Exception) and not connection.is_closed() and not _broken(error):
+                self._release(connection)
+            else:
+                self._drop(connection)
+            raise
+        self._release(connection)
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection inside BEGIN … COMMIT (ROLLBACK when the block raises)."""
         connection = self._idle.pop() if self._idle else await self._acquire()
