@@ -189,5 +189,4 @@ class Keyturn:
                 await task
         self._tasks.clear()
         self.hasher.close()
-        await self.lookup.close()
         await self.database.dispose()

@@ -212,7 +212,7 @@ class Database:
             # and queueing in the pool is cheaper than spinning on the busy timeout.
             self._writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
             self._group: _GroupCommitWriter | None = _GroupCommitWriter(url)
-            self._point: sqlite3.Connection | None = None
+            self._loop_reader: sqlite3.Connection | None = None
             self.postgres: Connections | None = None
         else:
             # The hot paths (write transactions, session look-ups) run straight on asyncpg, on
@@ -254,25 +254,24 @@ class Database:
         the event loop (microseconds; aiosqlite's thread hops cost far more), on PostgreSQL one
         round trip on a plain connection. A read that may scan belongs in `read()`.
         """
-        if self._group is not None:
+        if self.postgres is None:
             async with translate_errors():
-                yield SqliteConnection(self._point_reader())
-        elif self.postgres is not None:
+                yield SqliteConnection(self.loop_reader())
+        else:
             async with translate_errors(), self.postgres.connection() as raw:
                 yield AsyncpgConnection(raw)
-        else:
-            async with self.read() as connection:
-                yield connection
 
-    def _point_reader(self) -> sqlite3.Connection:
-        if self._point is None:
+    def loop_reader(self) -> sqlite3.Connection:
+        """SQLite: the one read-only connection used on the event loop (the session look-up,
+        point reads). WAL readers do not wait for the writer; with a 50 ms busy timeout the
+        loop is never held long, and the callers treat a busy answer as a failed read."""
+        if self._loop_reader is None:
             path = make_url(self.url).database or ""
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA query_only=1")
-            # WAL readers do not wait for the writer; the rare busy answer is a quick 503.
             connection.execute("PRAGMA busy_timeout=50")
-            self._point = connection
-        return self._point
+            self._loop_reader = connection
+        return self._loop_reader
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
@@ -305,9 +304,6 @@ class Database:
         elif self.postgres is not None:
             async with translate_errors(), self.postgres.transaction() as raw:
                 yield AsyncpgConnection(raw)
-        else:
-            async with translate_errors(), self._writer.begin() as connection:
-                yield connection
 
     async def ping(self) -> bool:
         try:
@@ -320,9 +316,9 @@ class Database:
     async def dispose(self) -> None:
         if self._group is not None:
             await self._group.dispose()
-            if self._point is not None:
-                self._point.close()
-                self._point = None
+            if self._loop_reader is not None:
+                self._loop_reader.close()
+                self._loop_reader = None
         if self.postgres is not None:
             await self.postgres.close()
         await self._writer.dispose()

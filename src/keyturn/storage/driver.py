@@ -44,7 +44,10 @@ class _Plan:
     bind: tuple[Any, ...]  # per position: a converter or None
     keys: tuple[str, ...]  # result column names
     results: tuple[Any, ...]  # per result column: a converter or None
-    returns_rows: bool
+
+    @property
+    def returns_rows(self) -> bool:
+        return bool(self.keys)
 
     def args(self, parameters: dict[str, Any] | None) -> list[Any]:
         values = self.compiled.construct_params(parameters or None, _check=False)
@@ -96,7 +99,6 @@ def _plan(statement: Executable, parameters: Any, dialect: Dialect) -> _Plan:
             bind=tuple(processors.get(n) for n in names),
             keys=tuple(c[0] for c in columns),
             results=tuple(c[3]._cached_result_processor(dialect, None) for c in columns),
-            returns_rows=bool(columns),
         )
         by_keys[(dialect.name, keys)] = plan
     return plan

@@ -47,7 +47,7 @@ class Connections:
         self._closed = False
 
     async def fetchrow(self, query: str, *args: Any) -> Any:
-        connection = self._idle.pop() if self._idle else await self._acquire()
+        connection = await self._take()
         try:
             row = await connection.fetchrow(query, *args)
         except BaseException:
@@ -59,21 +59,18 @@ class Connections:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection in autocommit, for a statement or two."""
-        connection = self._idle.pop() if self._idle else await self._acquire()
+        connection = await self._take()
         try:
             yield connection
         except BaseException as error:
-            if isinstance(error, Exception) and not connection.is_closed() and not _broken(error):
-                self._release(connection)
-            else:
-                self._drop(connection)
+            self._after(connection, error)
             raise
         self._release(connection)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection inside BEGIN … COMMIT (ROLLBACK when the block raises)."""
-        connection = self._idle.pop() if self._idle else await self._acquire()
+        connection = await self._take()
         try:
             transaction = connection.transaction()
             try:
@@ -90,12 +87,19 @@ class Connections:
                 raise
             await transaction.commit()
         except BaseException as error:
-            if isinstance(error, Exception) and not connection.is_closed() and not _broken(error):
-                self._release(connection)  # a refused request, not a broken connection
-            else:
-                self._drop(connection)
+            self._after(connection, error)
             raise
         self._release(connection)
+
+    async def _take(self) -> asyncpg.Connection:
+        return self._idle.pop() if self._idle else await self._acquire()
+
+    def _after(self, connection: asyncpg.Connection, error: BaseException) -> None:
+        """Back to the set after a refused request; dropped after a broken or cancelled one."""
+        if isinstance(error, Exception) and not connection.is_closed() and not _broken(error):
+            self._release(connection)
+        else:
+            self._drop(connection)
 
     async def _acquire(self) -> asyncpg.Connection:
         while True:

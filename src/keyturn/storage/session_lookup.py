@@ -15,9 +15,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from sqlalchemy import Table
-from sqlalchemy.engine import make_url
 
 from keyturn.errors import Unavailable
 from keyturn.storage import sessions as session_store
@@ -87,7 +85,6 @@ def _records(row: Any, time: Any) -> tuple[Session, User]:
 class SessionLookup:
     def __init__(self, database: Database) -> None:
         self.database = database
-        self._sqlite: sqlite3.Connection | None = None
         # The last row read per session and the records built from it: the row is fetched on
         # every request (that is the revocation check); only the parsing is skipped when the
         # row has not changed since.
@@ -109,17 +106,11 @@ class SessionLookup:
             return await session_store.get_session_and_user(conn, session_id)
 
     def _find_sqlite(self, session_id: str) -> tuple[Session, User] | None:
-        if self._sqlite is None:
-            path = make_url(self.database.url).database or ""
-            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA query_only=1")
-            # Never hold the event loop for long: a busy answer falls back to the async path.
-            connection.execute("PRAGMA busy_timeout=50")
-            self._sqlite = connection
+        reader = self.database.loop_reader()  # a busy answer falls back to the async path
         # The revocation check, at a third of the cost of the read: if nothing was committed
         # since this session was last read, what was read then still holds. A commit between
         # this and the read below only makes the next call read again.
-        (version,) = self._sqlite.execute("PRAGMA data_version").fetchone()
+        (version,) = reader.execute("PRAGMA data_version").fetchone()
         if version == self._version:
             unchanged = self._unchanged.get(session_id)
             if unchanged is not None:
@@ -129,7 +120,7 @@ class SessionLookup:
             self._unchanged.clear()
         # fetchall, not fetchone: stepping to the end resets the statement, so no read
         # transaction (and no stale WAL snapshot) outlives this call.
-        rows = self._sqlite.execute(_SQLITE_SELECT, (session_id,)).fetchall()
+        rows = reader.execute(_SQLITE_SELECT, (session_id,)).fetchall()
         found = self._remember(session_id, rows[0] if rows else None, _sqlite_time)
         if found is not None and len(self._unchanged) < _MEMO_LIMIT:
             self._unchanged[session_id] = found
@@ -141,13 +132,12 @@ class SessionLookup:
         try:
             row = await connections.fetchrow(_POSTGRES_SELECT, session_id)
         except LOST:
-            # An idle connection may have died with a database restart: one fresh try.
+            # An idle connection may have died with a database restart: one fresh try. (One
+            # that cannot be opened at all is already an `Unavailable`.)
             try:
                 row = await connections.fetchrow(_POSTGRES_SELECT, session_id)
-            except (*LOST, asyncpg.TooManyConnectionsError) as error:
+            except LOST as error:
                 raise Unavailable("The database is unreachable; try again.") from error
-        except asyncpg.TooManyConnectionsError as error:
-            raise Unavailable("The database is unreachable; try again.") from error
         return self._remember(session_id, tuple(row) if row else None, _pg_time)
 
     def _remember(
@@ -164,8 +154,3 @@ class SessionLookup:
             self._built.clear()
         self._built[session_id] = (row, records)
         return records
-
-    async def close(self) -> None:
-        if self._sqlite is not None:
-            self._sqlite.close()
-            self._sqlite = None

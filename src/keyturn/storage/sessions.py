@@ -37,26 +37,18 @@ _TOUCH = (
     )
     .values(last_seen_at=bindparam("b_now"), ends_at=bindparam("b_ends_at"))
 )
-_CLAIM = (
+# Mark a refresh token rotated unless someone already has: the race arbiter (see below).
+_MARK_ROTATED = (
     update(refresh_tokens)
     .where(
         refresh_tokens.c.token_hash == bindparam("b_hash"), refresh_tokens.c.rotated_at.is_(None)
     )
     .values(rotated_at=bindparam("b_now"))
-    .returning(*_TOKEN_COLUMNS)
 )
+_CLAIM = _MARK_ROTATED.returning(*_TOKEN_COLUMNS)
 # PostgreSQL only (SQLite has no UPDATE inside WITH; there a statement costs no round trip):
 # the claim and the session and user it needs, in one round trip.
-_CLAIMED = (
-    update(refresh_tokens)
-    .where(
-        refresh_tokens.c.token_hash == bindparam("b_hash"),
-        refresh_tokens.c.rotated_at.is_(None),
-    )
-    .values(rotated_at=bindparam("b_now"))
-    .returning(*refresh_tokens.c)
-    .cte("claimed")
-)
+_CLAIMED = _MARK_ROTATED.returning(*refresh_tokens.c).cte("claimed")
 _CLAIM_WITH_SESSION_AND_USER = (
     select(
         *[_CLAIMED.c[c.name].label(f"t_{c.name}") for c in refresh_tokens.c],
@@ -194,15 +186,15 @@ async def claim_refresh_token(
             return ClaimedToken(
                 _token(row, "t_"), _session(row, "s_"), user_from_row(row), None, claimed=True
             )
-        won = None
     else:
         won = (await conn.execute(_CLAIM, claim)).first()
-    if won is not None:
-        token = _token(won, "t_")
-        found = await get_session_and_user(conn, token.session_id)
-        if found is None:
-            return None
-        return ClaimedToken(token, found[0], found[1], successor=None, claimed=True)
+        if won is not None:
+            token = _token(won, "t_")
+            found = await get_session_and_user(conn, token.session_id)
+            if found is None:
+                return None
+            return ClaimedToken(token, found[0], found[1], successor=None, claimed=True)
+    # Someone claimed it before: what the caller needs to tell a retry from reuse.
     row = (await conn.execute(_TOKEN_SESSION_AND_USER, {"b_hash": token_hash})).first()
     if row is None:
         return None

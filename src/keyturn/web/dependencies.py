@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from fastapi.security.base import SecurityBase
+from fastapi.security.utils import get_authorization_scheme_param
 
 from keyturn.errors import Forbidden, Unauthorized
 from keyturn.services.context import ClientInfo
@@ -54,8 +55,7 @@ class BearerPrincipal(SecurityBase):
         self._keyturn = keyturn
 
     async def __call__(self, request: Request) -> Principal:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
+        scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
         if scheme.lower() != "bearer" or not token:
             token = request.cookies.get(ACCESS_COOKIE, "")
             if token:
