@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -39,7 +40,8 @@ def test_readme_walkthrough_against_the_real_server(database_url: str, tmp_path:
             "/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
         ).json()
         auth = {"Authorization": f"Bearer {tokens['access_token']}"}
-        assert http.get("/me", headers=auth).json()["email"] == "ada@example.com"
+        me = http.get("/me?probe=1", headers=auth)
+        assert me.json()["email"] == "ada@example.com"
         refreshed = http.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
         assert refreshed.status_code == 200
         auth = {"Authorization": f"Bearer {refreshed.json()['access_token']}"}
@@ -54,6 +56,30 @@ def test_readme_walkthrough_against_the_real_server(database_url: str, tmp_path:
     assert tokens["refresh_token"] not in log
     assert tokens["access_token"] not in log
     assert "Traceback" not in log
+    # One JSON object per line; the request's line carries its id, never the query string.
+    entries = [json.loads(line) for line in log.splitlines()]
+    (access,) = [e for e in entries if e.get("request_id") == me.headers["x-request-id"]]
+    assert access["logger"] == "keyturn.access"
+    assert access["level"] == "info"
+    assert access["message"] == "GET /me 200"
+    assert (access["method"], access["path"], access["status"]) == ("GET", "/me", 200)
+    assert access["duration_ms"] >= 0
+    assert access["client_ip"] == "127.0.0.1"
+    assert "probe" not in json.dumps(entries)
+
+
+def test_every_worker_of_serve_writes_access_lines(tmp_path: Path) -> None:
+    env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}")
+    with running_server(env, cwd=tmp_path, args=("--workers", "2")) as base:
+        ids = {httpx.get(f"{base}/healthz").headers["x-request-id"] for _ in range(8)}
+    log = next(tmp_path.glob("serve-*.log")).read_text()
+    logged = {
+        entry.get("request_id")
+        for entry in map(json.loads, log.splitlines())
+        if entry["logger"] == "keyturn.access"
+    }
+    # Each worker is a new interpreter: without its own logging set-up its lines were lost.
+    assert ids <= logged
 
 
 def test_serve_refuses_an_invalid_setting_with_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -47,8 +47,10 @@ def _with_keyturn(settings: Settings, job: Callable[..., Awaitable[T]]) -> T:
 def build_server_app() -> object:
     """uvicorn's app factory: every worker builds its own app from the environment."""
     from keyturn.facade import Keyturn
+    from keyturn.logs import configure_logging
     from keyturn.web.app import create_app
 
+    configure_logging()  # again: a worker of `--workers N` is a new interpreter
     host = os.environ.get("KEYTURN_BIND_HOST", "127.0.0.1")
     port = int(os.environ.get("KEYTURN_BIND_PORT", "8000"))
     # Migrations already ran in the parent process.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -17,14 +18,50 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 
+ACCESS_LOGGER = "keyturn.access"
+_access = logging.getLogger(ACCESS_LOGGER)
+# Set by `configure_logging` when lines go to stderr as JSON: access lines are then written
+# there directly (see `log_access`).
+_direct: BinaryIO | None = None
+
+
+def _entry(created: float, level: str, logger: str, message: str) -> dict[str, Any]:
+    return {
+        "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": logger,
+        "message": message,
+    }
+
+
+def log_access(message: str, fields: dict[str, Any]) -> None:
+    """One line per request, on the `keyturn.access` logger at INFO.
+
+    In `keyturn serve` the line is the one `JSONFormatter` would write, written without the
+    logging framework: its record, handler and formatter cost five times the line itself, a
+    fifth of a GET /me (callgrind: 108k of 503k instructions). A host app's own logging
+    configuration gets a normal record.
+    """
+    if not _access.isEnabledFor(logging.INFO):
+        return
+    stream = _direct
+    if stream is not None:
+        entry = _entry(time.time(), "info", ACCESS_LOGGER, message)
+        entry.update(fields)
+        try:
+            line = orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        except orjson.JSONEncodeError:
+            pass  # what orjson refuses (a lone surrogate), the logging path reports
+        else:
+            stream.write(line)
+            stream.flush()
+            return
+    _access.info(message, extra=fields)
+
+
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        entry = _entry(record.created, record.levelname.lower(), record.name, record.getMessage())
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info and record.exc_info[0] is not None:
             # The exception type only: a traceback can carry SQL parameters or tokens.
@@ -50,8 +87,13 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    global _direct
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TextFormatter() if sys.stderr.isatty() else JSONFormatter())
+    readable = sys.stderr.isatty()
+    handler.setFormatter(TextFormatter() if readable else JSONFormatter())
+    # The handler flushes after every record, so the text layer holds nothing back from
+    # lines written below it.
+    _direct = None if readable else getattr(sys.stderr, "buffer", None)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

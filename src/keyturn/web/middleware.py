@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import logging
 import os
 import re
 import time
@@ -13,14 +12,13 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyturn.config import IPNetwork
+from keyturn.logs import log_access
 from keyturn.metrics import Metrics
 from keyturn.web.problems import problem
 
 MAX_BODY_BYTES = 64 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-
-access_log = logging.getLogger("keyturn.access")
 
 # Request ids: a random prefix per process and a counter. Unique across instances and
 # restarts, as a log search needs; not secret, so not worth a getrandom system call each.
@@ -170,17 +168,13 @@ class KeyturnMiddleware:
     def _log(
         self, scope: Scope, ip: str | None, request_id: str, status: int, elapsed: float
     ) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        access_log.info(
-            "%s %s %s",
-            scope["method"],
-            scope.get("path", ""),
-            status,
-            extra={
+        method, path = scope["method"], scope.get("path", "")  # never the query string
+        log_access(
+            f"{method} {path} {status}",
+            {
                 "request_id": request_id,
-                "method": scope["method"],
-                "path": scope.get("path", ""),  # never the query string
+                "method": method,
+                "path": path,
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 3),
                 "client_ip": ip,
