@@ -178,57 +178,74 @@ class SessionService:
         token_hash = opaque_tokens.hash_token(refresh_token)
         now = self.clock()
         async with self.database.write() as conn:
-            found = await session_store.claim_refresh_token(conn, token_hash, now=now)
-            if found is None:
-                raise InvalidRefreshToken()
-            session = found.session
-            if session.revoked_at is not None:
-                raise InvalidRefreshToken()
-            if session.ends_at <= now:
-                raise SessionExpired()
-            user = found.user
-            if user.is_disabled or user.is_deleted:
-                raise InvalidRefreshToken()
-            successor = opaque_tokens.derive_successor(session.rotation_key, refresh_token)
-            if found.claimed:
-                await session_store.insert_refresh_token(
-                    conn,
-                    session.id,
-                    opaque_tokens.hash_token(successor),
-                    generation=found.token.generation + 1,
-                    now=now,
-                )
-                await session_store.touch_session(
-                    conn,
-                    session.id,
-                    now=now,
-                    ends_at=min(session.expires_at, now + self._idle),
-                    not_since=now + timedelta(seconds=1),
-                )
-                await audit_store.append_events(
-                    conn,
-                    [
-                        event(
-                            EventType.SESSION_REFRESHED,
-                            now=now,
-                            client=client,
-                            user_id=user.id,
-                            session_id=session.id,
-                        )
-                    ],
-                )
-                return self._tokens(user, session, successor, now)
-            is_retry = (
-                found.successor is not None
-                and found.successor.rotated_at is None
-                and found.token.rotated_at is not None
-                and now - found.token.rotated_at <= self._grace
+            rotated = await self._rotate(conn, refresh_token, token_hash, client, now)
+        if rotated is None:
+            # Reuse: the revocation is committed (the block above ended) before we answer.
+            raise RefreshTokenReused()
+        user, session, successor = rotated
+        # Signed after the commit: on PostgreSQL the audit chain's row lock is held until then.
+        return self._tokens(user, session, successor, now)
+
+    async def _rotate(
+        self,
+        conn: Connection,
+        refresh_token: str,
+        token_hash: str,
+        client: ClientInfo,
+        now: datetime,
+    ) -> tuple[User, Session, str] | None:
+        """The user, session and successor token to answer with; None when this is reuse
+        (the session has then been revoked in `conn`)."""
+        found = await session_store.claim_refresh_token(conn, token_hash, now=now)
+        if found is None:
+            raise InvalidRefreshToken()
+        session = found.session
+        if session.revoked_at is not None:
+            raise InvalidRefreshToken()
+        if session.ends_at <= now:
+            raise SessionExpired()
+        user = found.user
+        if user.is_disabled or user.is_deleted:
+            raise InvalidRefreshToken()
+        successor = opaque_tokens.derive_successor(session.rotation_key, refresh_token)
+        if found.claimed:
+            await session_store.insert_refresh_token(
+                conn,
+                session.id,
+                opaque_tokens.hash_token(successor),
+                generation=found.token.generation + 1,
+                now=now,
             )
-            if is_retry:
-                return self._tokens(user, session, successor, now)
-            await self._revoke_for_reuse(conn, session, client, now)
-        # Only reuse gets here, outside the block: the revocation is committed before we answer.
-        raise RefreshTokenReused()
+            await session_store.touch_session(
+                conn,
+                session.id,
+                now=now,
+                ends_at=min(session.expires_at, now + self._idle),
+                not_since=now + timedelta(seconds=1),
+            )
+            await audit_store.append_events(
+                conn,
+                [
+                    event(
+                        EventType.SESSION_REFRESHED,
+                        now=now,
+                        client=client,
+                        user_id=user.id,
+                        session_id=session.id,
+                    )
+                ],
+            )
+            return user, session, successor
+        is_retry = (
+            found.successor is not None
+            and found.successor.rotated_at is None
+            and found.token.rotated_at is not None
+            and now - found.token.rotated_at <= self._grace
+        )
+        if is_retry:
+            return user, session, successor
+        await self._revoke_for_reuse(conn, session, client, now)
+        return None
 
     async def _revoke_for_reuse(
         self, conn: Connection, session: Session, client: ClientInfo, now: datetime

@@ -39,21 +39,23 @@ class _Plan:
     """A statement compiled once for a driver: its SQL, parameter order and value converters."""
 
     sql: str
-    names: tuple[str, ...]
-    compiled: Any
-    bind: tuple[Any, ...]  # per position: a converter or None
+    binds: tuple[tuple[str, Any, Any], ...]  # per position: name, compiled-in value, converter
     keys: tuple[str, ...]  # result column names
     results: tuple[Any, ...]  # per result column: a converter or None
+    metadata: SimpleResultMetaData  # shared by every result, as SQLAlchemy's own cache does
 
     @property
     def returns_rows(self) -> bool:
         return bool(self.keys)
 
     def args(self, parameters: dict[str, Any] | None) -> list[Any]:
-        values = self.compiled.construct_params(parameters or None, _check=False)
+        # What SQLAlchemy's `construct_params` would give, without rebuilding its dict of
+        # every bind per call: a value passed by name, else the one compiled into the statement.
+        given = parameters or {}
         return [
             value if convert is None else convert(value)
-            for convert, value in zip(self.bind, (values[n] for n in self.names), strict=True)
+            for name, default, convert in self.binds
+            for value in (given.get(name, default),)
         ]
 
     def rows(self, records: list[Any]) -> list[tuple[Any, ...]]:
@@ -89,16 +91,19 @@ def _plan(statement: Executable, parameters: Any, dialect: Dialect) -> _Plan:
             # Column defaults computed in Python are filled in by SQLAlchemy's execution
             # context, which this path skips: the stores pass every column.
             raise RuntimeError("statement relies on Python-side column defaults")
+        if compiled.escaped_bind_names:
+            raise RuntimeError("statement has bind names that need escaping")
         names = tuple(compiled.positiontup or ())
         processors = compiled._bind_processors
+        compiled_in = compiled.construct_params(None, _check=False)
         columns = compiled._result_columns or []
+        keys = tuple(c[0] for c in columns)
         plan = _Plan(
             sql=compiled.string,
-            names=names,
-            compiled=compiled,
-            bind=tuple(processors.get(n) for n in names),
-            keys=tuple(c[0] for c in columns),
+            binds=tuple((n, compiled_in[n], processors.get(n)) for n in names),
+            keys=keys,
             results=tuple(c[3]._cached_result_processor(dialect, None) for c in columns),
+            metadata=SimpleResultMetaData(list(keys)),
         )
         by_keys[(dialect.name, keys)] = plan
     return plan
@@ -107,9 +112,14 @@ def _plan(statement: Executable, parameters: Any, dialect: Dialect) -> _Plan:
 class _Rows(IteratorResult[*TupleAny]):
     """Rows already fetched, with SQLAlchemy's result API (`first`, `one`, `_mapping`...)."""
 
-    def __init__(self, keys: tuple[str, ...], rows: list[tuple[Any, ...]], rowcount: int) -> None:
-        super().__init__(SimpleResultMetaData(list(keys)), iter(rows))
+    def __init__(
+        self, metadata: SimpleResultMetaData, rows: list[tuple[Any, ...]], rowcount: int
+    ) -> None:
+        super().__init__(metadata, iter(rows))
         self.rowcount = rowcount
+
+
+_NO_COLUMNS = SimpleResultMetaData([])
 
 
 def _rowcount(status: str) -> int:
@@ -147,13 +157,13 @@ class AsyncpgConnection:
         try:
             if many:
                 await self._raw.executemany(plan.sql, [plan.args(p) for p in parameters])
-                result = _Rows(plan.keys, [], len(parameters))
+                result = _Rows(plan.metadata, [], len(parameters))
             elif plan.returns_rows:
                 records = await self._raw.fetch(plan.sql, *plan.args(parameters))
-                result = _Rows(plan.keys, plan.rows(records), len(records))
+                result = _Rows(plan.metadata, plan.rows(records), len(records))
             else:
                 status = await self._raw.execute(plan.sql, *plan.args(parameters))
-                result = _Rows((), [], _rowcount(status))
+                result = _Rows(_NO_COLUMNS, [], _rowcount(status))
         except (asyncpg.PostgresError, *LOST) as error:
             raise _translate_asyncpg(error, plan.sql) from error
         return cast(CursorResult[Any], result)
@@ -163,7 +173,7 @@ class AsyncpgConnection:
             await self._raw.execute(statement)
         except (asyncpg.PostgresError, *LOST) as error:
             raise _translate_asyncpg(error, statement) from error
-        return cast(CursorResult[Any], _Rows((), [], 0))
+        return cast(CursorResult[Any], _Rows(_NO_COLUMNS, [], 0))
 
 
 def _translate_sqlite(error: sqlite3.Error, sql: str) -> Exception:
@@ -197,14 +207,14 @@ class SqliteConnection:
         try:
             if isinstance(parameters, list):
                 self._driver.executemany(plan.sql, [plan.args(p) for p in parameters])
-                result = _Rows(plan.keys, [], len(parameters))
+                result = _Rows(plan.metadata, [], len(parameters))
             else:
                 cursor = self._driver.execute(plan.sql, plan.args(parameters))
                 if plan.returns_rows:
                     rows = plan.rows(cursor.fetchall())
-                    result = _Rows(plan.keys, rows, len(rows))
+                    result = _Rows(plan.metadata, rows, len(rows))
                 else:
-                    result = _Rows((), [], cursor.rowcount)
+                    result = _Rows(_NO_COLUMNS, [], cursor.rowcount)
         except sqlite3.Error as error:
             raise _translate_sqlite(error, plan.sql) from error
         return cast(CursorResult[Any], result)
@@ -214,4 +224,4 @@ class SqliteConnection:
             self._driver.execute(statement).fetchall()
         except sqlite3.Error as error:
             raise _translate_sqlite(error, statement) from error
-        return cast(CursorResult[Any], _Rows((), [], 0))
+        return cast(CursorResult[Any], _Rows(_NO_COLUMNS, [], 0))
