@@ -97,13 +97,13 @@ def _plan(statement: Executable, parameters: Any, dialect: Dialect) -> _Plan:
         processors = compiled._bind_processors
         compiled_in = compiled.construct_params(None, _check=False)
         columns = compiled._result_columns or []
-        keys = tuple(c[0] for c in columns)
+        result_keys = tuple(c[0] for c in columns)
         plan = _Plan(
             sql=compiled.string,
             binds=tuple((n, compiled_in[n], processors.get(n)) for n in names),
-            keys=keys,
+            keys=result_keys,
             results=tuple(c[3]._cached_result_processor(dialect, None) for c in columns),
-            metadata=SimpleResultMetaData(list(keys)),
+            metadata=SimpleResultMetaData(list(result_keys)),
         )
         by_keys[(dialect.name, keys)] = plan
     return plan
