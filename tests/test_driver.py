@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from sqlalchemy import Dialect, bindparam, select, update
+from sqlalchemy.dialects.sqlite import DATETIME
 
 from keyturn.storage import sessions as session_store
 from keyturn.storage.driver import POSTGRESQL, SQLITE, _plan
-from keyturn.storage.schema import refresh_tokens, sessions
+from keyturn.storage.schema import UTCDateTime, refresh_tokens, sessions
 
 NOW = datetime(2026, 11, 27, 5, 30, 0, 123456, tzinfo=UTC)
 
@@ -53,3 +54,23 @@ def test_rows_come_back_with_their_column_names() -> None:
     plan = _plan(select(sessions.c.id, sessions.c.user_id), None, SQLITE)
     assert plan.keys == ("id", "user_id")
     assert plan.returns_rows
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        NOW,
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no microseconds: still written
+        datetime(999, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        datetime(2026, 6, 1, 1, 0, tzinfo=timezone(timedelta(hours=2))),  # stored as UTC
+    ],
+)
+def test_timestamps_are_written_to_sqlite_as_its_datetime_type_writes_them(
+    moment: datetime,
+) -> None:
+    ours = UTCDateTime().bind_processor(SQLITE)
+    theirs = DATETIME().bind_processor(SQLITE)  # type: ignore[no-untyped-call]
+    assert ours is not None
+    assert theirs is not None
+    assert ours(moment) == theirs(moment.astimezone(UTC).replace(tzinfo=None))
+    assert ours(None) is None
