@@ -46,15 +46,15 @@ class Connections:
         self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
         self._closed = False
 
-    async def fetchrow(self, query: str, *args: Any) -> Any:
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
         connection = await self._take()
         try:
-            row = await connection.fetchrow(query, *args)
+            rows: list[Any] = await connection.fetch(query, *args)
         except BaseException:
             self._drop(connection)
             raise
         self._release(connection)
-        return row
+        return rows
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:

@@ -6,11 +6,14 @@ less than aiosqlite's hops to a worker thread (~95 µs); in WAL mode a reader ne
 writer, and a rare busy answer falls back to the ordinary async path. PostgreSQL: one prepared
 statement on a small set of plain asyncpg connections, in autocommit, is one round trip
 instead of three (BEGIN, SELECT, ROLLBACK), without SQLAlchemy's per-statement work or
-asyncpg's pool bookkeeping.
+asyncpg's pool bookkeeping; and the look-ups that requests make in the same turn of the event
+loop share that round trip (one `= ANY($1)` query), as a DataLoader batches. Each request's
+look-up still starts after the request arrived, so a revocation committed before it is seen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import UTC, datetime
 from typing import Any
@@ -33,10 +36,13 @@ def _prefixed(alias: str, table: Table) -> str:
 # columns come in table order, which is the order of the `Session` and `User` fields.
 _SELECT = (
     f"SELECT {_prefixed('s', sessions)}, {_prefixed('u', users)} "  # noqa: S608
-    "FROM sessions AS s JOIN users AS u ON u.id = s.user_id WHERE s.id = "
+    "FROM sessions AS s JOIN users AS u ON u.id = s.user_id WHERE s.id "
 )
-_SQLITE_SELECT = _SELECT + "?"
-_POSTGRES_SELECT = _SELECT + "$1"
+_SQLITE_SELECT = _SELECT + "= ?"
+_POSTGRES_SELECT = _SELECT + "= ANY($1::varchar[])"
+# A follower's answer when the look-up it joined was abandoned (its leader's request was
+# cancelled): it looks up again itself.
+_AGAIN = object()
 _SESSION_FIELDS = len(sessions.c)
 _MEMO_LIMIT = 10_000
 
@@ -93,6 +99,8 @@ class SessionLookup:
         # which moves whenever any other connection, in any process, commits).
         self._version: int | None = None
         self._unchanged: dict[str, tuple[Session, User]] = {}
+        # PostgreSQL: the look-up gathering in this turn of the event loop, by session id.
+        self._gathering: dict[str, list[asyncio.Future[Any]]] | None = None
 
     async def find(self, session_id: str) -> tuple[Session, User] | None:
         if self.database.dialect == "sqlite":
@@ -129,16 +137,50 @@ class SessionLookup:
     async def _find_postgresql(
         self, connections: Connections, session_id: str
     ) -> tuple[Session, User] | None:
+        gathering = self._gathering
+        if gathering is not None:  # another request's look-up is gathering: join it
+            waiter = asyncio.get_running_loop().create_future()
+            gathering.setdefault(session_id, []).append(waiter)
+            found = await waiter
+            if found is _AGAIN:
+                return await self._find_postgresql(connections, session_id)
+            return found  # type: ignore[no-any-return]
+        gathering = self._gathering = {session_id: []}
         try:
-            row = await connections.fetchrow(_POSTGRES_SELECT, session_id)
+            try:
+                await asyncio.sleep(0)  # the requests of this turn of the loop join
+            finally:
+                self._gathering = None
+            rows = await self._fetch_postgresql(connections, list(gathering))
+        except asyncio.CancelledError:
+            for waiters in gathering.values():
+                _answer(waiters, _AGAIN)
+            raise
+        except Exception as error:
+            for waiters in gathering.values():
+                _answer(waiters, error=error)
+            raise
+        mine: tuple[Session, User] | None = None
+        for sid, waiters in gathering.items():
+            found = self._remember(sid, rows.get(sid), _pg_time)
+            _answer(waiters, found)
+            if sid == session_id:
+                mine = found
+        return mine
+
+    async def _fetch_postgresql(
+        self, connections: Connections, session_ids: list[str]
+    ) -> dict[str, tuple[Any, ...]]:
+        try:
+            rows = await connections.fetch(_POSTGRES_SELECT, session_ids)
         except LOST:
             # An idle connection may have died with a database restart: one fresh try. (One
             # that cannot be opened at all is already an `Unavailable`.)
             try:
-                row = await connections.fetchrow(_POSTGRES_SELECT, session_id)
+                rows = await connections.fetch(_POSTGRES_SELECT, session_ids)
             except LOST as error:
                 raise Unavailable("The database is unreachable; try again.") from error
-        return self._remember(session_id, tuple(row) if row else None, _pg_time)
+        return {row[0]: tuple(row) for row in rows}
 
     def _remember(
         self, session_id: str, row: tuple[Any, ...] | None, time: Any
@@ -154,3 +196,15 @@ class SessionLookup:
             self._built.clear()
         self._built[session_id] = (row, records)
         return records
+
+
+def _answer(
+    waiters: list[asyncio.Future[Any]], found: Any = None, *, error: Exception | None = None
+) -> None:
+    for waiter in waiters:
+        if waiter.done():  # that follower's own request was cancelled
+            continue
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(found)

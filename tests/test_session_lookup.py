@@ -1,0 +1,86 @@
+"""The per-request session look-up: every request gets its own session's answer, including when
+PostgreSQL look-ups made in the same turn of the event loop share one query."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from keyturn import Keyturn
+from keyturn.storage.postgres import Connections
+from tests.actions import bearer, register
+from tests.clock import FakeClock
+from tests.conftest import settings_for
+from tests.instances import client_of, started
+
+
+async def test_concurrent_requests_each_get_their_own_session_s_answer(
+    keyturn: Keyturn, client: httpx.AsyncClient
+) -> None:
+    people = [await register(client, f"user{i}@example.com") for i in range(6)]
+    for ended in people[4:]:
+        assert (await client.post("/auth/logout", headers=bearer(ended))).status_code == 204
+    order = [i % len(people) for i in range(36)]
+    answers = await asyncio.gather(*(client.get("/me", headers=bearer(people[i])) for i in order))
+    for i, answer in zip(order, answers, strict=True):
+        if i >= 4:
+            assert answer.status_code == 401
+        else:
+            assert answer.status_code == 200
+            assert answer.json()["email"] == f"user{i}@example.com"
+
+
+class _CountingFetch:
+    """The real `Connections.fetch`, counted (no stand-in: every query reaches PostgreSQL)."""
+
+    def __init__(self, connections: Connections) -> None:
+        self.real = connections.fetch
+        self.batches: list[list[str]] = []
+
+    async def __call__(self, query: str, *args: Any) -> list[Any]:
+        self.batches.append(list(args[0]))
+        return await self.real(query, *args)
+
+
+@pytest.fixture
+async def on_postgres(postgres_url: str, clock: FakeClock) -> AsyncIterator[Keyturn]:
+    async with started(settings_for(postgres_url), clock) as instance:
+        yield instance
+
+
+async def _sessions(keyturn: Keyturn, count: int) -> list[str]:
+    async with client_of(keyturn) as http:
+        people = [await register(http, f"user{i}@example.com") for i in range(count)]
+    return [(await keyturn.sessions.authenticate(p["access_token"])).session.id for p in people]
+
+
+async def test_postgresql_look_ups_in_one_turn_of_the_loop_share_one_query(
+    on_postgres: Keyturn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await _sessions(on_postgres, 5)
+    connections = on_postgres.database.postgres
+    assert connections is not None
+    counting = _CountingFetch(connections)
+    monkeypatch.setattr(connections, "fetch", counting)
+    lookup = on_postgres.sessions.lookup
+    found = await asyncio.gather(*(lookup.find(sid) for sid in [*ids, ids[0], "0" * 32]))
+    assert len(counting.batches) == 1
+    assert sorted(counting.batches[0]) == sorted({*ids, "0" * 32})
+    assert [f[0].id if f else None for f in found] == [*ids, ids[0], None]
+
+
+async def test_a_cancelled_look_up_leaves_those_that_joined_it_answered(
+    on_postgres: Keyturn,
+) -> None:
+    ids = await _sessions(on_postgres, 4)
+    lookup = on_postgres.sessions.lookup
+    tasks = [asyncio.create_task(lookup.find(sid)) for sid in ids]
+    await asyncio.sleep(0)  # all four have started: the first gathers, the others joined it
+    tasks[0].cancel()
+    found = await asyncio.wait_for(asyncio.gather(*tasks[1:]), timeout=10)  # never left waiting
+    assert [f[0].id for f in found if f] == ids[1:]
+    assert tasks[0].cancelled()
