@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any
 
 import httpx
 import pytest
 
 from keyturn import Keyturn
+from keyturn.storage import sessions as session_store
 from keyturn.storage.postgres import Connections
 from tests.actions import bearer, register
 from tests.clock import FakeClock
@@ -32,6 +34,20 @@ async def test_concurrent_requests_each_get_their_own_session_s_answer(
         else:
             assert answer.status_code == 200
             assert answer.json()["email"] == f"user{i}@example.com"
+
+
+async def test_the_look_up_reads_the_same_session_and_user_as_the_store(
+    keyturn: Keyturn, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    clock.now = clock.now.replace(microsecond=654321)  # microseconds survive the trip
+    tokens = await register(client, name="Ada")
+    principal = await keyturn.sessions.authenticate(tokens["access_token"])
+    async with keyturn.database.read() as conn:
+        stored = await session_store.get_session_and_user(conn, principal.session.id)
+    assert stored is not None
+    assert await keyturn.sessions.lookup.find(principal.session.id) == stored
+    assert stored[0].created_at == clock.now
+    assert stored[0].created_at.tzinfo == UTC
 
 
 class _CountingFetch:

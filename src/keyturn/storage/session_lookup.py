@@ -25,21 +25,35 @@ from keyturn.storage import sessions as session_store
 from keyturn.storage.database import Database
 from keyturn.storage.postgres import LOST, Connections
 from keyturn.storage.records import Session, User
-from keyturn.storage.schema import sessions, users
+from keyturn.storage.schema import UTCDateTime, sessions, users
 
 
-def _prefixed(alias: str, table: Table) -> str:
-    return ", ".join(f"{alias}.{column.name}" for column in table.c)
+def _prefixed(alias: str, table: Table, *, epoch_us: bool = False) -> str:
+    names = [f"{alias}.{column.name}" for column in table.c]
+    if epoch_us:
+        # Timestamps as integer microseconds since 1970: asyncpg's datetime decoding was a
+        # tenth of a GET /me, and an unchanged row (the usual case) needs none (`_remember`).
+        names = [
+            f"CAST(EXTRACT(EPOCH FROM {name}) * 1000000 AS BIGINT)"
+            if isinstance(column.type, UTCDateTime)
+            else name
+            for name, column in zip(names, table.c, strict=True)
+        ]
+    return ", ".join(names)
 
 
-# Built from the schema only, never from input: the id is always a bound parameter. The
-# columns come in table order, which is the order of the `Session` and `User` fields.
-_SELECT = (
-    f"SELECT {_prefixed('s', sessions)}, {_prefixed('u', users)} "  # noqa: S608
-    "FROM sessions AS s JOIN users AS u ON u.id = s.user_id WHERE s.id "
-)
-_SQLITE_SELECT = _SELECT + "= ?"
-_POSTGRES_SELECT = _SELECT + "= ANY($1::varchar[])"
+def _select(*, epoch_us: bool) -> str:
+    # Built from the schema only, never from input: the id is always a bound parameter. The
+    # columns come in table order, which is the order of the `Session` and `User` fields.
+    return (
+        f"SELECT {_prefixed('s', sessions, epoch_us=epoch_us)}, "  # noqa: S608
+        f"{_prefixed('u', users, epoch_us=epoch_us)} "
+        "FROM sessions AS s JOIN users AS u ON u.id = s.user_id WHERE s.id "
+    )
+
+
+_SQLITE_SELECT = _select(epoch_us=False) + "= ?"
+_POSTGRES_SELECT = _select(epoch_us=True) + "= ANY($1::varchar[])"
 # A follower's answer when the look-up it joined was abandoned (its leader's request was
 # cancelled): it looks up again itself.
 _AGAIN = object()
@@ -53,8 +67,11 @@ def _sqlite_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
-def _pg_time(value: Any) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
+def _pg_time(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    seconds, microseconds = divmod(value, 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=microseconds)
 
 
 def _records(row: Any, time: Any) -> tuple[Session, User]:
