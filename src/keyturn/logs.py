@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
 import time
@@ -20,9 +22,52 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 ACCESS_LOGGER = "keyturn.access"
 _access = logging.getLogger(ACCESS_LOGGER)
+_PIPE_BUF = 4096  # POSIX: a write of at most this much to a pipe is never interleaved
+
+
+class _AccessLines:
+    """Access lines for stderr, written once per turn of the event loop.
+
+    On `keyturn serve` a write system call per request cost more than the rest of the line
+    (55 µs of a GET /me's ~300 µs, measured with and without it): the requests answered in
+    one turn of the loop share one. Nothing waits for it, and a line is written before the
+    next turn starts. A batch stays under PIPE_BUF, so workers sharing a pipe never split a
+    line; what is left at exit is written then.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._pending: list[bytes] = []
+        self._size = 0
+        atexit.register(self.flush)
+
+    def add(self, line: bytes) -> None:
+        if self._size + len(line) > _PIPE_BUF:
+            self.flush()
+        if not self._pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop running: no turn to wait for
+                self._write(line)
+                return
+        self._pending.append(line)
+        self._size += len(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            batch = b"".join(self._pending)
+            self._pending.clear()
+            self._size = 0
+            self._write(batch)
+
+    def _write(self, data: bytes) -> None:
+        self._stream.write(data)
+        self._stream.flush()
+
+
 # Set by `configure_logging` when lines go to stderr as JSON: access lines are then written
 # there directly (see `log_access`).
-_direct: BinaryIO | None = None
+_direct: _AccessLines | None = None
 
 
 def _entry(created: float, level: str, logger: str, message: str) -> dict[str, Any]:
@@ -44,17 +89,15 @@ def log_access(message: str, fields: dict[str, Any]) -> None:
     """
     if not _access.isEnabledFor(logging.INFO):
         return
-    stream = _direct
-    if stream is not None:
+    lines = _direct
+    if lines is not None:
         entry = _entry(time.time(), "info", ACCESS_LOGGER, message)
         entry.update(fields)
         try:
-            line = orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE)
+            lines.add(orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE))
         except orjson.JSONEncodeError:
             pass  # what orjson refuses (a lone surrogate), the logging path reports
         else:
-            stream.write(line)
-            stream.flush()
             return
     _access.info(message, extra=fields)
 
@@ -93,7 +136,10 @@ def configure_logging(level: int = logging.INFO) -> None:
     handler.setFormatter(TextFormatter() if readable else JSONFormatter())
     # The handler flushes after every record, so the text layer holds nothing back from
     # lines written below it.
-    _direct = None if readable else getattr(sys.stderr, "buffer", None)
+    if _direct is not None:
+        _direct.flush()
+    binary = getattr(sys.stderr, "buffer", None)
+    _direct = None if readable or binary is None else _AccessLines(binary)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
