@@ -200,6 +200,20 @@ async def _pg_scalar(database: TempDatabase, statement: str) -> int:
 
 
 LATENCY_CONNECTIONS = 4
+P99_RUNS = 3
+
+
+def _median_p99(ctx: Context, serve: Server, me: wrk.Load, key: str, label: str) -> Row:
+    """The run with the median p99 of three half-length runs. One run's p99 (its slowest 1 %,
+    a few dozen requests at 4 connections) is often set by a neighbour's burst on a shared
+    machine: identical runs of the same table differed by up to 1.6x."""
+    short = replace(me, duration=max(1.0, me.duration / 2))
+    runs = sorted(
+        (rows.single(ctx.wrk, serve, short, key, label, "keyturn") for _ in range(P99_RUNS)),
+        key=lambda row: row.p99_ms,
+    )
+    p99s = ", ".join(f"{row.p99_ms:.1f}" for row in runs)
+    return replace(runs[len(runs) // 2], note=f"median p99 of {P99_RUNS} runs ({p99s} ms)")
 
 
 def measure(
@@ -212,17 +226,13 @@ def measure(
     existing = count_sessions(database)
     insert_expired(database, 0, plan.sessions_small - existing)
     small = count_sessions(database)
-    me_small = rows.single(
-        ctx.wrk, serve, me, "me_small_table", f"GET /me, {small:,} sessions", "keyturn"
-    )
+    me_small = _median_p99(ctx, serve, me, "me_small_table", f"GET /me, {small:,} sessions")
     started = time.perf_counter()
     insert_expired(database, plan.sessions_small, plan.sessions_large - small)
     insert_seconds = time.perf_counter() - started
     large = count_sessions(database)
     print(f"  inserted {large - small:,} expired sessions in {insert_seconds:.1f} s", flush=True)
-    me_large = rows.single(
-        ctx.wrk, serve, me, "me_large_table", f"GET /me, {large:,} sessions", "keyturn"
-    )
+    me_large = _median_p99(ctx, serve, me, "me_large_table", f"GET /me, {large:,} sessions")
     during, seconds, output, code = _cleanup_under_load(ctx, serve, me, env)
     print(f"  keyturn cleanup: {seconds:.1f} s, {output.strip().splitlines()[-1:]}", flush=True)
     return SessionScale(
