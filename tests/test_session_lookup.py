@@ -50,6 +50,24 @@ async def test_the_look_up_reads_the_same_session_and_user_as_the_store(
     assert stored[0].created_at.tzinfo == UTC
 
 
+async def test_get_me_answers_with_the_user_as_changed_since_the_last_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    tokens = await register(client, name="Ada")
+    assert (await client.get("/me", headers=bearer(tokens))).json()["name"] == "Ada"
+    assert (await client.get("/me", headers=bearer(tokens))).json()["name"] == "Ada"
+    renamed = await client.patch("/me", headers=bearer(tokens), json={"name": "Countess"})
+    assert renamed.status_code == 200
+    assert (await client.get("/me", headers=bearer(tokens))).json()["name"] == "Countess"
+    changed = await client.post(
+        "/me/email", headers=bearer(tokens), json={"new_email": "countess@example.com"}
+    )
+    assert changed.status_code == 200, changed.text
+    assert (await client.get("/me", headers=bearer(tokens))).json()["email"] == (
+        "countess@example.com"
+    )
+
+
 class _CountingFetch:
     """The real `Connections.fetch`, counted (no stand-in: every query reaches PostgreSQL)."""
 

@@ -10,6 +10,7 @@ from fastapi.routing import APIRoute
 from keyturn.errors import NotFound
 from keyturn.services.context import ClientInfo
 from keyturn.services.sessions import Principal
+from keyturn.storage.records import User
 from keyturn.web.routers.auth import NOT_FOUND, PROBLEMS
 from keyturn.web.routers.pagination import audit_page
 from keyturn.web.schemas import (
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from keyturn.facade import Keyturn
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+_ANSWERED_LIMIT = 10_000
 
 
 class DirectRoute(APIRoute):
@@ -48,11 +50,21 @@ def build_me_router(keyturn: "Keyturn") -> APIRouter:
     Client = Annotated[ClientInfo, Depends(deps.client)]
     CurrentPrincipal = Annotated[Principal, Depends(deps.principal)]
 
+    # The JSON last answered per user, with the record it came from. The session look-up hands
+    # back the same record for as long as its row is unchanged, so a repeated GET /me skips
+    # building and serializing the model; any change to the user is a new record.
+    answered: dict[str, tuple[User, bytes]] = {}
+
     async def me(request: Request) -> Response:
         # The hottest route: the principal is called, not injected, and the answer is
         # serialized here (see `DirectRoute`).
-        principal = await deps.principal(request)
-        return Response(UserOut.of(principal.user).model_dump_json(), media_type="application/json")
+        user = (await deps.principal(request)).user
+        known = answered.get(user.id)
+        if known is None or known[0] is not user:
+            if len(answered) >= _ANSWERED_LIMIT:
+                answered.clear()
+            known = answered[user.id] = (user, UserOut.of(user).model_dump_json().encode())
+        return Response(known[1], media_type="application/json")
 
     router.add_api_route(
         "",
