@@ -108,11 +108,13 @@ def details(backend: dict[str, Any]) -> list[str]:
             f"- sessions: {scale['small_sessions']:,} → {scale['large_sessions']:,} rows "
             f"(bulk insert {scale['insert_seconds']:.1f} s); GET /me p99 "
             f"{scale['me_small']['p99_ms']:.1f} → {scale['me_large']['p99_ms']:.1f} ms "
-            f"({scale['p99_large_vs_small']:.2f}x)",
+            f"({scale['p99_large_vs_small']:.2f}x; small: {scale['me_small'].get('note') or '-'}; "
+            f"large: {scale['me_large'].get('note') or '-'})",
             f"- `keyturn cleanup` of {scale['large_sessions'] - scale['sessions_left']:,} ended "
             f"sessions: {scale['cleanup_seconds']:.1f} s wall; GET /me p99 during it "
             f"{scale['me_during_cleanup']['p99_ms']:.1f} ms vs {scale['me_large']['p99_ms']:.1f} "
-            f"ms without ({scale['p99_cleanup_vs_without']:.2f}x)",
+            f"ms without ({scale['p99_cleanup_vs_without']:.2f}x; "
+            f"{scale['me_during_cleanup'].get('note') or 'one run'})",
         ]
     audit = backend.get("audit")
     if audit:

@@ -23,6 +23,7 @@ class Row:
     cpu_ms_per_request: float | None = None
     rss_peak_mib: float | None = None
     note: str = ""
+    worst_p99_ms: float | None = None  # when the row is one of several windows: their worst
 
     @property
     def error_count(self) -> int:

@@ -11,6 +11,7 @@ import asyncio
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -252,30 +253,46 @@ def measure(
 def _cleanup_under_load(
     ctx: Context, serve: Server, me: wrk.Load, env: dict[str, str]
 ) -> tuple[Row, float, str, int]:
-    """`keyturn cleanup` (a separate process, as cron would run it) while wrk hits GET /me."""
-    long_enough = replace(me, duration=600.0)
-    cpu_before = cpu_seconds(serve.pid)
-    run = wrk.Run(ctx.wrk, long_enough)
-    try:
-        time.sleep(0.5)
-        started = time.perf_counter()
-        done = subprocess.run(
-            [ctx.keyturn_bin, "cleanup"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=ctx.workdir,
-            timeout=900,
-        )
-        seconds = time.perf_counter() - started
-    finally:
-        run.interrupt()
-    result = run.result(timeout=60)
-    cpu = cpu_seconds(serve.pid) - cpu_before
-    row = rows.row_from(
-        "me_during_cleanup", "GET /me during keyturn cleanup", "keyturn", result, cpu_s=cpu
+    """`keyturn cleanup` (a separate process, as cron would run it) while wrk hits GET /me.
+
+    GET /me runs in windows as long as the runs measured without cleanup, so that the two p99s
+    are alike (a 40-second run's p99 also catches whatever else happened in those 40 seconds):
+    the row is the window with the median p99; the worst window is in its note and is what the
+    absolute limit is checked against."""
+    window = replace(me, duration=max(1.0, me.duration / 2))
+    started = time.perf_counter()
+    cleanup = subprocess.Popen(
+        [ctx.keyturn_bin, "cleanup"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ctx.workdir,
     )
-    print(f"  {row.label:<52} {rows.describe(row)}", flush=True)
-    output = done.stdout if done.returncode == 0 else done.stdout + done.stderr[-2000:]
-    return row, seconds, output, done.returncode
+    ended: list[float] = []
+    waiter = threading.Thread(target=lambda: (cleanup.wait(), ended.append(time.perf_counter())))
+    waiter.start()
+    windows: list[Row] = []
+    try:
+        while cleanup.poll() is None:
+            cpu_before = cpu_seconds(serve.pid)
+            result = wrk.run(ctx.wrk, window)
+            cpu = cpu_seconds(serve.pid) - cpu_before
+            label = "GET /me during keyturn cleanup"
+            windows.append(rows.row_from("me_during_cleanup", label, "keyturn", result, cpu_s=cpu))
+        stdout, stderr = cleanup.communicate(timeout=900)
+    finally:
+        if cleanup.poll() is None:
+            cleanup.kill()
+        waiter.join(timeout=10)
+    seconds = (ended[0] if ended else time.perf_counter()) - started
+    ordered = sorted(windows, key=lambda row: row.p99_ms)
+    p99s = [row.p99_ms for row in ordered]
+    row = replace(
+        ordered[len(ordered) // 2],
+        note=f"median p99 of {len(p99s)} windows ({p99s[0]:.1f} to {p99s[-1]:.1f} ms)",
+        worst_p99_ms=p99s[-1],
+    )
+    print(f"  {row.label:<52} {rows.describe(row)}  [{row.note}]", flush=True)
+    output = stdout if cleanup.returncode == 0 else stdout + stderr[-2000:]
+    return row, seconds, output, cleanup.returncode
