@@ -16,7 +16,7 @@ from keyturn import Keyturn
 from keyturn.errors import EmailTaken
 from keyturn.storage import users as user_store
 from keyturn.storage.database import Database
-from tests.actions import bearer, register
+from tests.actions import PASSWORD, bearer, register
 from tests.clock import FakeClock
 from tests.conftest import settings_for
 from tests.databases import _asyncpg_dsn, postgres_admin_url
@@ -129,10 +129,13 @@ async def test_waiting_for_another_process_s_write_lock_leaves_the_event_loop_fr
 async def test_after_postgresql_drops_every_connection_requests_carry_on(
     postgres_url: str, clock: FakeClock
 ) -> None:
-    """A restart or failover kills idle connections; the next look-up and the next write
+    """A restart or failover kills idle connections; the next login's read, look-up and write
     transaction notice, open fresh ones, and answer as if nothing happened."""
     async with started(settings_for(postgres_url), clock) as keyturn, client_of(keyturn) as http:
         tokens = await register(http)
+        credentials = {"email": "ada@example.com", "password": PASSWORD}
+        # Logins at once leave several connections idle, all of which the restart kills.
+        await asyncio.gather(*(http.post("/auth/login", json=credentials) for _ in range(4)))
         assert (await http.get("/me", headers=bearer(tokens))).status_code == 200
         admin = await asyncpg.connect(_asyncpg_dsn(postgres_admin_url() or ""))
         try:
@@ -144,6 +147,10 @@ async def test_after_postgresql_drops_every_connection_requests_carry_on(
         finally:
             await admin.close()
         assert killed >= 1
+        # Each login's user read takes a dead idle connection off the stack first.
+        for _ in range(4):
+            relogin = await http.post("/auth/login", json=credentials)
+            assert relogin.status_code == 200, relogin.text
         assert (await http.get("/me", headers=bearer(tokens))).status_code == 200
         refreshed = await http.post(
             "/auth/refresh", json={"refresh_token": tokens["refresh_token"]}

@@ -146,8 +146,9 @@ class AccountService:
             await self.hasher.verify_dummy(password)
             raise InvalidCredentials() from None
         await self.throttle.check_login_allowed(email)
-        async with self.database.point_read() as conn:
-            user = await user_store.get_user_by_email(conn, email)
+        user = await self.database.point_read(
+            lambda conn: user_store.get_user_by_email(conn, email)
+        )
         if user is None or user.is_deleted:
             await self.hasher.verify_dummy(password)
             await self._login_failed(email, None, "unknown_account", client)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVarTuple, cast, overload
+from typing import Any, Protocol, TypeVar, TypeVarTuple, cast, overload
 
 from sqlalchemy import Connection as SyncConnection
 from sqlalchemy import (
@@ -31,11 +31,12 @@ from sqlalchemy.util.typing import TupleAny
 
 from keyturn.errors import Unavailable
 from keyturn.storage.driver import AsyncpgConnection, SqliteConnection
-from keyturn.storage.postgres import TRANSIENT_SQLSTATES, Connections
+from keyturn.storage.postgres import TRANSIENT_SQLSTATES, Connections, is_lost
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 _Ts = TypeVarTuple("_Ts")
+_T = TypeVar("_T")
 
 
 def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
@@ -248,18 +249,25 @@ class Database:
         async with translate_errors(), self._reader.connect() as connection:
             yield connection
 
-    @asynccontextmanager
-    async def point_read(self) -> AsyncIterator[Connection]:
-        """For a read of a row or two by a unique index (a login's user): on SQLite straight on
-        the event loop (microseconds; aiosqlite's thread hops cost far more), on PostgreSQL one
+    async def point_read(self, read: Callable[[Connection], Awaitable[_T]]) -> _T:
+        """`read` a row or two by a unique index (a login's user): on SQLite straight on the
+        event loop (microseconds; aiosqlite's thread hops cost far more), on PostgreSQL one
         round trip on a plain connection. A read that may scan belongs in `read()`.
+
+        On PostgreSQL an idle connection that died with a database restart is replaced and the
+        read tried once more, as the session look-up and a write's BEGIN are.
         """
         if self.postgres is None:
             async with translate_errors():
-                yield SqliteConnection(self.loop_reader())
-        else:
+                return await read(SqliteConnection(self.loop_reader()))
+        try:
             async with translate_errors(), self.postgres.connection() as raw:
-                yield AsyncpgConnection(raw)
+                return await read(AsyncpgConnection(raw))
+        except Unavailable as error:
+            if not is_lost(error):
+                raise
+        async with translate_errors(), self.postgres.connection(fresh=True) as raw:
+            return await read(AsyncpgConnection(raw))
 
     def loop_reader(self) -> sqlite3.Connection:
         """SQLite: the one read-only connection used on the event loop (the session look-up,

@@ -25,7 +25,8 @@ LOST = (
 TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03", "53300"})
 
 
-def _broken(error: BaseException) -> bool:
+def is_lost(error: BaseException) -> bool:
+    """The connection died (directly, or behind the error it was translated into)."""
     return isinstance(error, LOST) or isinstance(error.__cause__, LOST)
 
 
@@ -46,8 +47,10 @@ class Connections:
         self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
         self._closed = False
 
-    async def fetch(self, query: str, *args: Any) -> list[Any]:
-        connection = await self._take()
+    async def fetch(self, query: str, *args: Any, fresh: bool = False) -> list[Any]:
+        """Rows in autocommit; `fresh`: on a new connection, not an idle one (a retry after a
+        connection died: after a database restart every idle one has)."""
+        connection = await (self._acquire() if fresh else self._take())
         try:
             rows: list[Any] = await connection.fetch(query, *args)
         except BaseException:
@@ -57,9 +60,9 @@ class Connections:
         return rows
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection in autocommit, for a statement or two."""
-        connection = await self._take()
+    async def connection(self, *, fresh: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in autocommit, for a statement or two (`fresh`: as for `fetch`)."""
+        connection = await (self._acquire() if fresh else self._take())
         try:
             yield connection
         except BaseException as error:
@@ -96,7 +99,7 @@ class Connections:
 
     def _after(self, connection: asyncpg.Connection, error: BaseException) -> None:
         """Back to the set after a refused request; dropped after a broken or cancelled one."""
-        if isinstance(error, Exception) and not connection.is_closed() and not _broken(error):
+        if isinstance(error, Exception) and not connection.is_closed() and not is_lost(error):
             self._release(connection)
         else:
             self._drop(connection)

@@ -194,7 +194,7 @@ class SessionLookup:
             # An idle connection may have died with a database restart: one fresh try. (One
             # that cannot be opened at all is already an `Unavailable`.)
             try:
-                rows = await connections.fetch(_POSTGRES_SELECT, session_ids)
+                rows = await connections.fetch(_POSTGRES_SELECT, session_ids, fresh=True)
             except LOST as error:
                 raise Unavailable("The database is unreachable; try again.") from error
         return {row[0]: tuple(row) for row in rows}
