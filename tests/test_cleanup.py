@@ -155,6 +155,27 @@ async def test_cleanup_runs_in_bounded_batches_and_reports_progress(
     assert (await stored(keyturn.database))[0] == set(population.live)
 
 
+async def test_cleanup_rests_between_batches_in_proportion_to_their_work(
+    client: AsyncClient, clock: FakeClock, keyturn: Keyturn
+) -> None:
+    await populate(client, clock)
+    worked: list[float] = []
+
+    async def slow_batch(size: int) -> tuple[int, int]:
+        started = time.perf_counter()
+        await asyncio.sleep(0.05)  # a batch that takes the database 50 ms
+        removed = await keyturn.sessions.purge_batch(size)
+        worked.append(time.perf_counter() - started)
+        return removed
+
+    started = time.perf_counter()
+    result = await purge_ended_sessions(keyturn.database, slow_batch, batch_size=1, rest=0.5)
+    elapsed = time.perf_counter() - started
+    assert result == (ENDED_SESSIONS, ENDED_TOKENS)
+    # After every batch but the last (which found fewer than a full batch), half its time again.
+    assert elapsed >= sum(worked) + 0.5 * sum(worked[:-1])
+
+
 @pytest.fixture
 async def second_instance(settings: Settings, clock: FakeClock) -> AsyncIterator[Keyturn]:
     async with started(settings, clock) as instance:

