@@ -31,7 +31,7 @@ from sqlalchemy.util.typing import TupleAny
 
 from keyturn.errors import Unavailable
 from keyturn.storage.driver import AsyncpgConnection, SqliteConnection
-from keyturn.storage.postgres import TRANSIENT_SQLSTATES, Connections, is_lost
+from keyturn.storage.postgres import TRANSIENT_SQLSTATES, Connections
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -254,20 +254,13 @@ class Database:
         event loop (microseconds; aiosqlite's thread hops cost far more), on PostgreSQL one
         round trip on a plain connection. A read that may scan belongs in `read()`.
 
-        On PostgreSQL an idle connection that died with a database restart is replaced and the
-        read tried once more, as the session look-up and a write's BEGIN are.
+        On PostgreSQL a connection that died with a database restart is replaced and the read
+        tried once more (`Connections.run`).
         """
-        if self.postgres is None:
-            async with translate_errors():
+        async with translate_errors():
+            if self.postgres is None:
                 return await read(SqliteConnection(self.loop_reader()))
-        try:
-            async with translate_errors(), self.postgres.connection() as raw:
-                return await read(AsyncpgConnection(raw))
-        except Unavailable as error:
-            if not is_lost(error):
-                raise
-        async with translate_errors(), self.postgres.connection(fresh=True) as raw:
-            return await read(AsyncpgConnection(raw))
+            return await self.postgres.run(lambda raw: read(AsyncpgConnection(raw)))
 
     def loop_reader(self) -> sqlite3.Connection:
         """SQLite: the one read-only connection used on the event loop (the session look-up,

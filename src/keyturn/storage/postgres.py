@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from keyturn.errors import Unavailable
+
+_T = TypeVar("_T")
 
 # A connection that died or could not be reached. An idle connection whose backend was
 # terminated can also surface as an internal protocol-state error on its next use.
@@ -47,28 +49,38 @@ class Connections:
         self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
         self._closed = False
 
-    async def fetch(self, query: str, *args: Any, fresh: bool = False) -> list[Any]:
-        """Rows in autocommit; `fresh`: on a new connection, not an idle one (a retry after a
-        connection died: after a database restart every idle one has)."""
-        connection = await (self._acquire() if fresh else self._take())
+    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        """`work` on a connection in autocommit: a read, or a single statement.
+
+        A connection found dead (after a database restart every idle one is) is dropped and
+        `work` tried once more on a newly opened one, as a transaction's BEGIN is; so `work`
+        must be safe to repeat. Dead twice: `Unavailable`.
+        """
+        connection = await self._take()  # one that cannot be opened is already `Unavailable`
         try:
-            rows: list[Any] = await connection.fetch(query, *args)
-        except BaseException:
-            self._drop(connection)
-            raise
-        self._release(connection)
+            return await self._run_on(connection, work)
+        except Exception as error:
+            if not is_lost(error):
+                raise
+        try:
+            return await self._run_on(await self._acquire(), work)
+        except LOST as error:
+            raise Unavailable("The database is unreachable; try again.") from error
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        rows: list[Any] = await self.run(lambda connection: connection.fetch(query, *args))
         return rows
 
-    @asynccontextmanager
-    async def connection(self, *, fresh: bool = False) -> AsyncIterator[asyncpg.Connection]:
-        """A connection in autocommit, for a statement or two (`fresh`: as for `fetch`)."""
-        connection = await (self._acquire() if fresh else self._take())
+    async def _run_on(
+        self, connection: asyncpg.Connection, work: Callable[[asyncpg.Connection], Awaitable[_T]]
+    ) -> _T:
         try:
-            yield connection
+            result = await work(connection)
         except BaseException as error:
             self._after(connection, error)
             raise
         self._release(connection)
+        return result
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:

@@ -20,10 +20,9 @@ from typing import Any
 
 from sqlalchemy import Table
 
-from keyturn.errors import Unavailable
 from keyturn.storage import sessions as session_store
 from keyturn.storage.database import Database
-from keyturn.storage.postgres import LOST, Connections
+from keyturn.storage.postgres import Connections
 from keyturn.storage.records import Session, User
 from keyturn.storage.schema import UTCDateTime, sessions, users
 
@@ -168,7 +167,7 @@ class SessionLookup:
                 await asyncio.sleep(0)  # the requests of this turn of the loop join
             finally:
                 self._gathering = None
-            rows = await self._fetch_postgresql(connections, list(gathering))
+            fetched = await connections.fetch(_POSTGRES_SELECT, list(gathering))
         except asyncio.CancelledError:
             for waiters in gathering.values():
                 _answer(waiters, _AGAIN)
@@ -177,6 +176,7 @@ class SessionLookup:
             for waiters in gathering.values():
                 _answer(waiters, error=error)
             raise
+        rows = {row[0]: tuple(row) for row in fetched}
         mine: tuple[Session, User] | None = None
         for sid, waiters in gathering.items():
             found = self._remember(sid, rows.get(sid), _pg_time)
@@ -184,20 +184,6 @@ class SessionLookup:
             if sid == session_id:
                 mine = found
         return mine
-
-    async def _fetch_postgresql(
-        self, connections: Connections, session_ids: list[str]
-    ) -> dict[str, tuple[Any, ...]]:
-        try:
-            rows = await connections.fetch(_POSTGRES_SELECT, session_ids)
-        except LOST:
-            # An idle connection may have died with a database restart: one fresh try. (One
-            # that cannot be opened at all is already an `Unavailable`.)
-            try:
-                rows = await connections.fetch(_POSTGRES_SELECT, session_ids, fresh=True)
-            except LOST as error:
-                raise Unavailable("The database is unreachable; try again.") from error
-        return {row[0]: tuple(row) for row in rows}
 
     def _remember(
         self, session_id: str, row: tuple[Any, ...] | None, time: Any
