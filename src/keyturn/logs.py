@@ -79,7 +79,15 @@ def _entry(created: float, level: str, logger: str, message: str) -> dict[str, A
     }
 
 
-def log_access(message: str, fields: dict[str, Any]) -> None:
+def log_access(
+    *,
+    request_id: str,
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+    client_ip: str | None,
+) -> None:
     """One line per request, on the `keyturn.access` logger at INFO.
 
     In `keyturn serve` the line is the one `JSONFormatter` would write, written without the
@@ -89,6 +97,15 @@ def log_access(message: str, fields: dict[str, Any]) -> None:
     """
     if not _access.isEnabledFor(logging.INFO):
         return
+    message = f"{method} {path} {status}"
+    fields = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": duration_ms,
+        "client_ip": client_ip,
+    }
     lines = _direct
     if lines is not None:
         entry = _entry(time.time(), "info", ACCESS_LOGGER, message)

@@ -168,17 +168,13 @@ class KeyturnMiddleware:
     def _log(
         self, scope: Scope, ip: str | None, request_id: str, status: int, elapsed: float
     ) -> None:
-        method, path = scope["method"], scope.get("path", "")  # never the query string
         log_access(
-            f"{method} {path} {status}",
-            {
-                "request_id": request_id,
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 3),
-                "client_ip": ip,
-            },
+            request_id=request_id,
+            method=scope["method"],
+            path=scope.get("path", ""),  # never the query string
+            status=status,
+            duration_ms=round(elapsed * 1000, 3),
+            client_ip=ip,
         )
 
 
