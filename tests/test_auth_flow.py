@@ -163,7 +163,41 @@ async def test_openapi_document_and_docs_are_served(client: AsyncClient) -> None
     ok = me["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/UserOut"}
     assert me["responses"]["401"]
+    # So does POST /auth/refresh (its common case is answered by a shortcut, web/routes.py).
+    refresh = document["paths"]["/auth/refresh"]["post"]
+    body = refresh["requestBody"]["content"]["application/json"]["schema"]
+    assert body["anyOf"][0] == {"$ref": "#/components/schemas/RefreshRequest"}
+    ok = refresh["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/TokenResponse"}
+    assert {"401", "422", "429"} <= refresh["responses"].keys()
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_refresh_answers_alike_through_its_shortcut_and_fastapis_handler(
+    client: AsyncClient,
+) -> None:
+    tokens = await register(client)
+    # Plain application/json takes the shortcut; with a charset it goes through FastAPI.
+    answers = []
+    for content_type in ("application/json", "application/json; charset=utf-8"):
+        body = f'{{"refresh_token": "{tokens["refresh_token"]}"}}'
+        answer = await client.post(
+            "/auth/refresh", content=body, headers={"content-type": content_type}
+        )
+        assert answer.status_code == 200
+        answers.append(answer)
+        tokens = answer.json()
+    fast, full = answers
+    assert list(fast.json()) == list(full.json())
+    assert fast.json()["user"] == full.json()["user"]
+    assert fast.json()["session_id"] == full.json()["session_id"]
+    for header in ("content-type", "cache-control", "x-content-type-options"):
+        assert fast.headers[header] == full.headers[header]
+    assert fast.json()["refresh_token"] != full.json()["refresh_token"]
+    # Whatever the shortcut declines keeps FastAPI's answer: here, a token of the wrong type.
+    refused = await client.post("/auth/refresh", json={"refresh_token": 12345})
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "invalid_request"
 
 
 def _without_request_id(body: dict[str, object]) -> dict[str, object]:

@@ -174,3 +174,36 @@ def test_graceful_shutdown_finishes_in_flight_requests(database_url: str, tmp_pa
         http.close()
     assert [status for status, _ in finished] == [200] * 16
     assert any(at > terminated_at for _, at in finished), "nothing was in flight at SIGTERM"
+
+
+_FREEZE_PROBE = """
+import asyncio, gc, sys
+from keyturn.cli import build_server_app, _settings
+from keyturn.facade import Keyturn
+from keyturn.web.app import create_app
+
+async def frozen_while_serving(app):
+    async with app.router.lifespan_context(app):
+        return gc.get_freeze_count()
+
+# A host app's objects are its own business; the server's are frozen once it has started.
+host = asyncio.run(frozen_while_serving(create_app(Keyturn(_settings()))))
+server = asyncio.run(frozen_while_serving(build_server_app()))
+print(host, server)
+"""
+
+
+def test_the_server_freezes_what_start_up_built_and_a_host_app_does_not(tmp_path: Path) -> None:
+    env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'keyturn.db'}")
+    assert _cli("migrate", env=env).returncode == 0
+    probe = subprocess.run(
+        [sys.executable, "-c", _FREEZE_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    host, server = map(int, probe.stdout.split())
+    assert host == 0
+    assert server > 10_000  # the app, its models and statements: ~135k objects

@@ -40,6 +40,13 @@ def test_successor_is_deterministic_per_session_key_and_unguessable_without_it()
     assert successor != token
 
 
+def test_successor_derivation_does_not_change_between_versions() -> None:
+    # A client retrying across an upgrade, inside the reuse grace, must get the same successor.
+    key = bytes(range(32))
+    successor = opaque_tokens.derive_successor(key, "kt-refresh-token-for-a-golden-value-0001")
+    assert successor == "pq-XwvxBuWJKcxRQZu-0puOzqzcSh_pJfO7TD2KHfRY"
+
+
 def _ring() -> KeyRing:
     generated = generate_key()
     private = load_private(generated.private_pem)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -54,7 +56,22 @@ def build_server_app() -> object:
     host = os.environ.get("KEYTURN_BIND_HOST", "127.0.0.1")
     port = int(os.environ.get("KEYTURN_BIND_PORT", "8000"))
     # Migrations already ran in the parent process.
-    return create_app(Keyturn(_settings(host, port), run_migrations=False))
+    app = create_app(Keyturn(_settings(host, port), run_migrations=False))
+    started = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        async with started(app) as state:
+            # What start-up built (the app, its routes and models, compiled statements, keys)
+            # lives as long as the process. Frozen, the garbage collector stops walking it on
+            # every full collection: ~135k objects, about a tenth of a refresh's CPU. Only
+            # here, in the server's own process: a host app decides that for itself.
+            gc.collect()
+            gc.freeze()
+            yield state
+
+    app.router.lifespan_context = lifespan
+    return app
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

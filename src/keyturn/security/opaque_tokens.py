@@ -41,8 +41,7 @@ def hash_token(token: str) -> str:
 
 def derive_successor(rotation_key: bytes, token: str) -> str:
     """The refresh token that replaces `token`; the same inputs always give the same output."""
-    digest = hmac.new(rotation_key, token.encode("utf-8", "surrogatepass"), hashlib.sha256)
-    return _encode(digest.digest())
+    return _encode(hmac.digest(rotation_key, token.encode("utf-8", "surrogatepass"), "sha256"))
 
 
 def looks_like_token(value: str) -> bool:

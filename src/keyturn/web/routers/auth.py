@@ -18,6 +18,7 @@ from keyturn.web.cookies import (
     wants_cookies,
 )
 from keyturn.web.problems import problem_body, request_id_of
+from keyturn.web.routes import shortcut_route
 from keyturn.web.schemas import (
     LoginRequest,
     OAuthTokenResponse,
@@ -119,7 +120,20 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         )
         return JSONResponse(body.model_dump(), headers={"Pragma": "no-cache"})
 
-    @router.post("/refresh", response_model=TokenResponse)
+    async def refresh_shortcut(request: Request) -> Response | None:
+        """`refresh` below for a JSON body with a well-formed token, answered the same way
+        without FastAPI's parameter machinery; None for everything else (see `shortcut_route`)."""
+        if request.headers.get("content-type") != "application/json" or wants_cookies(request):
+            return None
+        try:
+            body = RefreshRequest.model_validate_json(await request.body())
+        except ValidationError:
+            return None
+        client = await deps.client(request)
+        await keyturn.throttle.hit(Action.REFRESH, client.ip)
+        issued = await keyturn.sessions.refresh(body.refresh_token, client)
+        return Response(token_response(issued).model_dump_json(), media_type="application/json")
+
     async def refresh(
         client: Client, request: Request, response: Response, body: RefreshRequest | None = None
     ) -> TokenResponse:
@@ -138,6 +152,14 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         issued = await keyturn.sessions.refresh(cookie, client)
         set_session_cookies(response, issued, keyturn.settings, prefix=keyturn.prefix)
         return token_response(issued, in_cookies=True)
+
+    router.add_api_route(
+        "/refresh",
+        refresh,
+        methods=["POST"],
+        response_model=TokenResponse,
+        route_class_override=shortcut_route(refresh_shortcut),
+    )
 
     @router.post("/logout", status_code=204)
     async def logout(

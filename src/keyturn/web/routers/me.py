@@ -1,11 +1,9 @@
 """/me: the caller's own account, sessions and audit trail."""
 
 import re
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.routing import APIRoute
 
 from keyturn.errors import NotFound
 from keyturn.services.context import ClientInfo
@@ -13,6 +11,7 @@ from keyturn.services.sessions import Principal
 from keyturn.storage.records import User
 from keyturn.web.routers.auth import NOT_FOUND, PROBLEMS
 from keyturn.web.routers.pagination import audit_page
+from keyturn.web.routes import DirectRoute
 from keyturn.web.schemas import (
     EmailChangeRequest,
     EventsOut,
@@ -28,20 +27,6 @@ if TYPE_CHECKING:
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 _ANSWERED_LIMIT = 10_000
-
-
-class DirectRoute(APIRoute):
-    """A route whose endpoint takes the `Request` and returns the finished `Response`.
-
-    FastAPI's own handler resolves parameters, opens dependency scopes and validates the
-    answer on every request, even for an endpoint that asks for nothing: on GET /me that was
-    a quarter of the route's cost. Here the endpoint is the handler (FastAPI's documented
-    `get_route_handler` extension point); its OpenAPI entry still comes from `response_model`
-    and `openapi_extra`, and errors still reach the app's exception handlers.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return cast(Callable[[Request], Coroutine[Any, Any, Response]], self.endpoint)
 
 
 def build_me_router(keyturn: "Keyturn") -> APIRouter:
