@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Dialect, bindparam, select, update
+from sqlalchemy import Dialect, bindparam, insert, select, update
 from sqlalchemy.dialects.sqlite import DATETIME
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 
 from keyturn.storage import sessions as session_store
+from keyturn.storage.database import Database
 from keyturn.storage.driver import POSTGRESQL, SQLITE, _plan
-from keyturn.storage.schema import UTCDateTime, refresh_tokens, sessions
+from keyturn.storage.schema import UTCDateTime, metadata, refresh_tokens, sessions, users
 
 NOW = datetime(2026, 11, 27, 5, 30, 0, 123456, tzinfo=UTC)
 
@@ -74,3 +77,44 @@ def test_timestamps_are_written_to_sqlite_as_its_datetime_type_writes_them(
     assert theirs is not None
     assert ours(moment) == theirs(moment.astimezone(UTC).replace(tzinfo=None))
     assert ours(None) is None
+
+
+async def test_results_answer_like_sqlalchemys_own(tmp_path: Path) -> None:
+    """The driver's results against SQLAlchemy's, for the same statements on the same file."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'rows.db'}"
+    database = Database(url)
+    try:
+        async with database.connect() as theirs:
+            await theirs.run_sync(metadata.create_all)
+            await theirs.commit()
+        async with database.write() as ours:
+            await ours.execute(
+                insert(users),
+                [
+                    {"id": f"u{n}", "email": f"u{n}@example.com", "name": None,
+                     "password_hash": "h", "email_verified": n == 1, "is_admin": False,
+                     "is_disabled": False, "created_at": NOW, "updated_at": NOW,
+                     "deleted_at": None}
+                    for n in range(2)
+                ],
+            )  # fmt: skip
+        by_id = select(users).order_by(users.c.id)
+        none = by_id.where(users.c.id == "none")
+        async with database.write() as ours, database.read() as theirs:
+            for statement in (by_id, none):
+                mine, reference = await ours.execute(statement), await theirs.execute(statement)
+                assert mine.fetchall() == reference.fetchall()
+            first = (await ours.execute(by_id)).first()
+            assert first is not None
+            assert first == (await theirs.execute(by_id)).first()
+            assert first._mapping["created_at"] == first.created_at == first[7] == NOW
+            assert first.email_verified is False
+            assert (await ours.execute(by_id)).scalar() == "u0"
+            assert (await ours.execute(none)).first() is None
+            assert (await ours.execute(none)).scalar() is None
+            with pytest.raises(NoResultFound):
+                (await ours.execute(none)).one()
+            with pytest.raises(MultipleResultsFound):
+                (await ours.execute(by_id)).scalar_one()
+    finally:
+        await database.dispose()

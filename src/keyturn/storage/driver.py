@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,10 +23,16 @@ import asyncpg
 from sqlalchemy import CursorResult, Dialect, Executable, Insert
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
-from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.engine.result import SimpleResultMetaData
+from sqlalchemy.engine.row import Row
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    MultipleResultsFound,
+    NoResultFound,
+    OperationalError,
+)
 from sqlalchemy.sql.elements import ClauseElement
-from sqlalchemy.util.typing import TupleAny
 
 from keyturn.errors import Unavailable
 from keyturn.storage.postgres import LOST, TRANSIENT_SQLSTATES
@@ -41,7 +48,7 @@ class _Plan:
     sql: str
     binds: tuple[tuple[str, Any, Any], ...]  # per position: name, compiled-in value, converter
     keys: tuple[str, ...]  # result column names
-    results: tuple[Any, ...]  # per result column: a converter or None
+    converters: tuple[tuple[int, Any], ...]  # (position, converter) of the columns that need one
     metadata: SimpleResultMetaData  # shared by every result, as SQLAlchemy's own cache does
 
     @property
@@ -51,20 +58,24 @@ class _Plan:
     def args(self, parameters: dict[str, Any] | None) -> list[Any]:
         # What SQLAlchemy's `construct_params` would give, without rebuilding its dict of
         # every bind per call: a value passed by name, else the one compiled into the statement.
-        given = parameters or {}
+        get = (parameters or {}).get
         return [
-            value if convert is None else convert(value)
+            get(name, default) if convert is None else convert(get(name, default))
             for name, default, convert in self.binds
-            for value in (given.get(name, default),)
         ]
 
-    def rows(self, records: list[Any]) -> list[tuple[Any, ...]]:
-        if not any(self.results):
-            return [tuple(r) for r in records]
-        return [
-            tuple(v if c is None else c(v) for c, v in zip(self.results, r, strict=True))
-            for r in records
-        ]
+    def rows(self, records: list[Any]) -> list[Row[Any]]:
+        """SQLAlchemy `Row`s (by position, by name, `_mapping`), built as its own results do."""
+        metadata, index = self.metadata, self.metadata._key_to_index
+        if not self.converters:
+            return [Row(metadata, None, index, tuple(r)) for r in records]
+        rows: list[Row[Any]] = []
+        for record in records:
+            values = list(record)
+            for position, convert in self.converters:
+                values[position] = convert(values[position])
+            rows.append(Row(metadata, None, index, tuple(values)))
+        return rows
 
 
 # Per statement object (a module-level one lives on; one built per call goes with it), per
@@ -102,24 +113,52 @@ def _plan(statement: Executable, parameters: Any, dialect: Dialect) -> _Plan:
             sql=compiled.string,
             binds=tuple((n, compiled_in[n], processors.get(n)) for n in names),
             keys=result_keys,
-            results=tuple(c[3]._cached_result_processor(dialect, None) for c in columns),
+            converters=tuple(
+                (position, convert)
+                for position, column in enumerate(columns)
+                if (convert := column[3]._cached_result_processor(dialect, None)) is not None
+            ),
             metadata=SimpleResultMetaData(list(result_keys)),
         )
         by_keys[(dialect.name, keys)] = plan
     return plan
 
 
-class _Rows(IteratorResult[*TupleAny]):
-    """Rows already fetched, with SQLAlchemy's result API (`first`, `one`, `_mapping`...)."""
+class _Rows:
+    """Rows already fetched, with the part of SQLAlchemy's result API the stores use
+    (`first`, `one`, `scalar`, `scalar_one`, `fetchall`, iteration, `rowcount`). SQLAlchemy's
+    own result classes cost more than the statement here (buffering strategies, soft close)."""
 
-    def __init__(
-        self, metadata: SimpleResultMetaData, rows: list[tuple[Any, ...]], rowcount: int
-    ) -> None:
-        super().__init__(metadata, iter(rows))
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[Row[Any]], rowcount: int) -> None:
+        self._rows = rows
         self.rowcount = rowcount
 
+    def __iter__(self) -> Iterator[Row[Any]]:
+        return iter(self._rows)
 
-_NO_COLUMNS = SimpleResultMetaData([])
+    def fetchall(self) -> list[Row[Any]]:
+        return list(self._rows)
+
+    def first(self) -> Row[Any] | None:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Row[Any]:
+        if not self._rows:
+            raise NoResultFound("No row was found when one was required")
+        if len(self._rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when exactly one was required")
+        return self._rows[0]
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+
+_NONE: list[Row[Any]] = []
 
 
 def _rowcount(status: str) -> int:
@@ -157,13 +196,13 @@ class AsyncpgConnection:
         try:
             if many:
                 await self._raw.executemany(plan.sql, [plan.args(p) for p in parameters])
-                result = _Rows(plan.metadata, [], len(parameters))
+                result = _Rows(_NONE, len(parameters))
             elif plan.returns_rows:
                 records = await self._raw.fetch(plan.sql, *plan.args(parameters))
-                result = _Rows(plan.metadata, plan.rows(records), len(records))
+                result = _Rows(plan.rows(records), len(records))
             else:
                 status = await self._raw.execute(plan.sql, *plan.args(parameters))
-                result = _Rows(_NO_COLUMNS, [], _rowcount(status))
+                result = _Rows(_NONE, _rowcount(status))
         except (asyncpg.PostgresError, *LOST) as error:
             raise _translate_asyncpg(error, plan.sql) from error
         return cast(CursorResult[Any], result)
@@ -173,7 +212,7 @@ class AsyncpgConnection:
             await self._raw.execute(statement)
         except (asyncpg.PostgresError, *LOST) as error:
             raise _translate_asyncpg(error, statement) from error
-        return cast(CursorResult[Any], _Rows(_NO_COLUMNS, [], 0))
+        return cast(CursorResult[Any], _Rows(_NONE, 0))
 
 
 def _translate_sqlite(error: sqlite3.Error, sql: str) -> Exception:
@@ -207,14 +246,14 @@ class SqliteConnection:
         try:
             if isinstance(parameters, list):
                 self._driver.executemany(plan.sql, [plan.args(p) for p in parameters])
-                result = _Rows(plan.metadata, [], len(parameters))
+                result = _Rows(_NONE, len(parameters))
             else:
                 cursor = self._driver.execute(plan.sql, plan.args(parameters))
                 if plan.returns_rows:
                     rows = plan.rows(cursor.fetchall())
-                    result = _Rows(plan.metadata, rows, len(rows))
+                    result = _Rows(rows, len(rows))
                 else:
-                    result = _Rows(_NO_COLUMNS, [], cursor.rowcount)
+                    result = _Rows(_NONE, cursor.rowcount)
         except sqlite3.Error as error:
             raise _translate_sqlite(error, plan.sql) from error
         return cast(CursorResult[Any], result)
@@ -224,4 +263,4 @@ class SqliteConnection:
             self._driver.execute(statement).fetchall()
         except sqlite3.Error as error:
             raise _translate_sqlite(error, statement) from error
-        return cast(CursorResult[Any], _Rows(_NO_COLUMNS, [], 0))
+        return cast(CursorResult[Any], _Rows(_NONE, 0))

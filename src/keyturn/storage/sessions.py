@@ -70,14 +70,18 @@ _SUCCESSOR = select(refresh_tokens).where(
 )
 
 
-def _session(row: AnyRow, prefix: str = "") -> Session:
-    m = row._mapping
-    return Session(**{c.name: m[prefix + c.name] for c in sessions.c})
+# Records are built by column position (their fields follow the table's columns, a test pins
+# it): the joined statements select token, then session, then user columns.
+_TOKEN_WIDTH = len(refresh_tokens.c)
+_SESSION_WIDTH = len(sessions.c)
 
 
-def _token(row: AnyRow, prefix: str = "") -> RefreshToken:
-    m = row._mapping
-    return RefreshToken(**{c.name: m[prefix + c.name] for c in refresh_tokens.c})
+def _session(row: AnyRow, start: int = 0) -> Session:
+    return Session(*row[start : start + _SESSION_WIDTH])
+
+
+def _token(row: AnyRow, start: int = 0) -> RefreshToken:
+    return RefreshToken(*row[start : start + _TOKEN_WIDTH])
 
 
 async def insert_session(
@@ -137,7 +141,7 @@ async def get_session_and_user(conn: Connection, session_id: str) -> tuple[Sessi
     row = (await conn.execute(_SESSION_AND_USER, {"b_id": session_id})).first()
     if row is None:
         return None
-    return _session(row, "s_"), user_from_row(row)
+    return _session(row), user_from_row(row, _SESSION_WIDTH)
 
 
 async def touch_session(
@@ -184,12 +188,16 @@ async def claim_refresh_token(
         row = (await conn.execute(_CLAIM_WITH_SESSION_AND_USER, claim)).first()
         if row is not None:
             return ClaimedToken(
-                _token(row, "t_"), _session(row, "s_"), user_from_row(row), None, claimed=True
+                _token(row),
+                _session(row, _TOKEN_WIDTH),
+                user_from_row(row, _TOKEN_WIDTH + _SESSION_WIDTH),
+                None,
+                claimed=True,
             )
     else:
         won = (await conn.execute(_CLAIM, claim)).first()
         if won is not None:
-            token = _token(won, "t_")
+            token = _token(won)
             found = await get_session_and_user(conn, token.session_id)
             if found is None:
                 return None
@@ -198,7 +206,7 @@ async def claim_refresh_token(
     row = (await conn.execute(_TOKEN_SESSION_AND_USER, {"b_hash": token_hash})).first()
     if row is None:
         return None
-    token = _token(row, "t_")
+    token = _token(row)
     successor_row = (
         await conn.execute(
             _SUCCESSOR, {"b_session_id": token.session_id, "b_generation": token.generation + 1}
@@ -206,8 +214,8 @@ async def claim_refresh_token(
     ).first()
     return ClaimedToken(
         token,
-        _session(row, "s_"),
-        user_from_row(row),
+        _session(row, _TOKEN_WIDTH),
+        user_from_row(row, _TOKEN_WIDTH + _SESSION_WIDTH),
         successor=_token(successor_row) if successor_row else None,
         claimed=False,
     )

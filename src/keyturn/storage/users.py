@@ -14,25 +14,17 @@ from keyturn.storage.records import AnyRow, User
 from keyturn.storage.schema import users
 
 # Built once (see storage/sessions.py): these run on every login and registration.
+_WIDTH = len(users.c)
 _INSERT = insert(users)
 _BY_ID = select(users).where(users.c.id == bindparam("b_id"))
 _BY_EMAIL = select(users).where(users.c.email == bindparam("b_email"))
 
 
-def user_from_row(row: AnyRow) -> User:
-    m = row._mapping
-    return User(
-        id=m["id"],
-        email=m["email"],
-        name=m["name"],
-        password_hash=m["password_hash"],
-        email_verified=bool(m["email_verified"]),
-        is_admin=bool(m["is_admin"]),
-        is_disabled=bool(m["is_disabled"]),
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-        deleted_at=m["deleted_at"],
-    )
+def user_from_row(row: AnyRow, start: int = 0) -> User:
+    """The user in `row`'s columns from `start` on (the record's fields follow the table's)."""
+    v = row[start : start + _WIDTH]
+    # email_verified, is_admin and is_disabled may come back as integers from a raw read.
+    return User(v[0], v[1], v[2], v[3], bool(v[4]), bool(v[5]), bool(v[6]), v[7], v[8], v[9])
 
 
 async def insert_user(
