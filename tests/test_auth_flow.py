@@ -157,7 +157,7 @@ async def test_openapi_document_and_docs_are_served(client: AsyncClient) -> None
     document = (await client.get("/openapi.json")).json()
     assert "/auth/login" in document["paths"]
     assert "OAuth2PasswordBearer" in document["components"]["securitySchemes"]
-    # GET /me answers without FastAPI's handler (DirectRoute) but is documented like the rest.
+    # GET /me answers through a shortcut (web/routes.py) but is documented like the rest.
     me = document["paths"]["/me"]["get"]
     assert me["security"] == [{"OAuth2PasswordBearer": []}]
     ok = me["responses"]["200"]["content"]["application/json"]["schema"]

@@ -112,6 +112,10 @@ async def test_results_answer_like_sqlalchemys_own(tmp_path: Path) -> None:
             assert (await ours.execute(by_id)).scalar() == "u0"
             assert (await ours.execute(none)).first() is None
             assert (await ours.execute(none)).scalar() is None
+            assert (await ours.execute(by_id)).all() == (await theirs.execute(by_id)).all()
+            assert (await ours.execute(none)).one_or_none() is None
+            with pytest.raises(MultipleResultsFound):
+                (await ours.execute(by_id)).one_or_none()
             with pytest.raises(NoResultFound):
                 (await ours.execute(none)).one()
             with pytest.raises(MultipleResultsFound):

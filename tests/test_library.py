@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from examples.protected_api import build_app
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, HTTPException, Request
 
 from keyturn import Keyturn, Settings
 from tests.actions import PASSWORD, bearer, register
@@ -102,3 +102,31 @@ async def test_a_prefix_mounts_every_keyturn_route_under_it(settings: Settings) 
             )
     finally:
         await keyturn.stop()
+
+
+async def test_a_dependency_the_host_adds_guards_even_the_fastest_routes(
+    keyturn: Keyturn,
+) -> None:
+    def internal_only(request: Request) -> None:
+        if request.headers.get("x-internal") != "yes":
+            raise HTTPException(status_code=403, detail="internal callers only")
+
+    app = FastAPI()
+    keyturn.install(app)
+    app.include_router(keyturn.router, dependencies=[Depends(internal_only)])
+    inside = {"x-internal": "yes"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        tokens = (
+            await http.post(
+                "/auth/register",
+                json={"email": "ada@example.com", "password": PASSWORD},
+                headers=inside,
+            )
+        ).json()
+        # GET /me and POST /auth/refresh normally skip FastAPI's dependency resolution.
+        refresh = {"refresh_token": tokens["refresh_token"]}
+        assert (await http.get("/me", headers=bearer(tokens))).status_code == 403
+        assert (await http.post("/auth/refresh", json=refresh)).status_code == 403
+        assert (await http.get("/me", headers={**bearer(tokens), **inside})).status_code == 200
+        assert (await http.post("/auth/refresh", json=refresh, headers=inside)).status_code == 200

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import httpx
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -18,7 +20,7 @@ class Refused(Exception):
     pass
 
 
-def _app() -> FastAPI:
+def _router() -> APIRouter:
     async def shortcut(request: Request) -> Response | None:
         body = await request.body()
         if body == b'{"name":"fast"}':
@@ -27,13 +29,23 @@ def _app() -> FastAPI:
             raise Refused()
         return None  # everything else: FastAPI's own handler
 
-    async def greet(greeting: Greeting) -> dict[str, str]:
-        return {"hello": greeting.name, "by": "endpoint"}
+    async def greet(greeting: Greeting, sender: Annotated[str, Depends(_sender)]) -> dict[str, str]:
+        return {"hello": greeting.name, "by": sender}
 
-    app = FastAPI()
-    app.router.add_api_route(
+    router = APIRouter()
+    router.add_api_route(
         "/greet", greet, methods=["POST"], route_class_override=shortcut_route(shortcut)
     )
+    return router
+
+
+def _sender() -> str:
+    return "endpoint"
+
+
+def _app(**include: object) -> FastAPI:
+    app = FastAPI()
+    app.include_router(_router(), **include)  # type: ignore[arg-type]
 
     @app.exception_handler(Refused)
     async def refused(_request: Request, _error: Exception) -> Response:
@@ -42,9 +54,16 @@ def _app() -> FastAPI:
     return app
 
 
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"content-type": "application/json"},
+    )
+
+
 async def test_the_shortcut_answers_what_it_knows_and_the_endpoint_the_rest() -> None:
-    transport = httpx.ASGITransport(app=_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with _client(_app()) as client:
         fast = await client.post("/greet", content=b'{"name":"fast"}')
         assert fast.json() == {"hello": "fast", "by": "shortcut"}
         # The shortcut read the body; the endpoint still gets it.
@@ -63,3 +82,26 @@ def test_the_documented_operation_is_the_endpoints() -> None:
     operation = document["paths"]["/greet"]["post"]
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     assert schema == {"$ref": "#/components/schemas/Greeting"}
+
+
+def _deny() -> None:
+    raise HTTPException(status_code=403, detail="the host says no")
+
+
+async def test_a_host_apps_own_dependencies_are_never_skipped() -> None:
+    fast = b'{"name":"fast"}'
+    async with _client(_app(dependencies=[Depends(_deny)])) as client:
+        assert (await client.post("/greet", content=fast)).status_code == 403
+    app_wide = FastAPI(dependencies=[Depends(_deny)])
+    app_wide.include_router(_router())
+    async with _client(app_wide) as client:
+        assert (await client.post("/greet", content=fast)).status_code == 403
+
+
+async def test_dependency_overrides_send_every_request_through_fastapi() -> None:
+    app = _app()
+    async with _client(app) as client:
+        assert (await client.post("/greet", content=b'{"name":"fast"}')).json()["by"] == "shortcut"
+        app.dependency_overrides[_sender] = lambda: "override"
+        overridden = await client.post("/greet", content=b'{"name":"fast"}')
+        assert overridden.json() == {"hello": "fast", "by": "override"}

@@ -126,8 +126,10 @@ def _plan(statement: Executable, parameters: Any, dialect: Dialect) -> _Plan:
 
 class _Rows:
     """Rows already fetched, with the part of SQLAlchemy's result API the stores use
-    (`first`, `one`, `scalar`, `scalar_one`, `fetchall`, iteration, `rowcount`). SQLAlchemy's
-    own result classes cost more than the statement here (buffering strategies, soft close)."""
+    (`first`, `one`, `one_or_none`, `scalar`, `scalar_one`, `all`, `fetchall`, iteration,
+    `rowcount`; no `scalars()` or `mappings()`: a store that needs them adds them here).
+    SQLAlchemy's own result classes cost more than the statement here (buffering strategies,
+    soft close)."""
 
     __slots__ = ("_rows", "rowcount")
 
@@ -141,7 +143,15 @@ class _Rows:
     def fetchall(self) -> list[Row[Any]]:
         return list(self._rows)
 
+    def all(self) -> list[Row[Any]]:
+        return list(self._rows)
+
     def first(self) -> Row[Any] | None:
+        return self._rows[0] if self._rows else None
+
+    def one_or_none(self) -> Row[Any] | None:
+        if len(self._rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when one or none was required")
         return self._rows[0] if self._rows else None
 
     def one(self) -> Row[Any]:

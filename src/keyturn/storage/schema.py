@@ -61,8 +61,8 @@ class UTCDateTime(TypeDecorator[datetime]):
             return super().result_processor(dialect, coltype)
 
         def process(value: str | None) -> datetime | None:
-            # The text above read back in one C call (SQLite's DATETIME type parses it with a
-            # regular expression first, then `process_result_value` would run on its answer).
+            # The text above read back in one step (through the generic hook, SQLAlchemy's
+            # SQLite type parses it, then `process_result_value` runs again on its answer).
             if value is None:
                 return None
             parsed = datetime.fromisoformat(value)
