@@ -143,8 +143,7 @@ class _Rows:
     def fetchall(self) -> list[Row[Any]]:
         return list(self._rows)
 
-    def all(self) -> list[Row[Any]]:
-        return list(self._rows)
+    all = fetchall
 
     def first(self) -> Row[Any] | None:
         return self._rows[0] if self._rows else None

@@ -46,13 +46,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         def process(value: datetime | None) -> str | None:
             # The text SQLite's DATETIME type writes ("%Y-%m-%d %H:%M:%S.%f"), in one C call
             # instead of its %-format of seven attributes: a refresh binds seven timestamps.
-            if value is None:
-                return None
-            if value.tzinfo is None:
-                raise ValueError("naive datetime")
-            if value.tzinfo is not UTC:
-                value = value.astimezone(UTC)
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            naive = self.process_bind_param(value, dialect)
+            return None if naive is None else naive.isoformat(" ", "microseconds")
 
         return process
 
@@ -60,13 +55,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
 
-        def process(value: str | None) -> datetime | None:
-            # The text above read back in one step (through the generic hook, SQLAlchemy's
-            # SQLite type parses it, then `process_result_value` runs again on its answer).
-            if value is None:
-                return None
-            parsed = datetime.fromisoformat(value)
-            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        def process(value: Any) -> datetime | None:
+            # SQLite hands back the text written above: `process_result_value` parses it,
+            # without SQLAlchemy's SQLite type parsing it first (the generic hook runs both).
+            return self.process_result_value(value, dialect)
 
         return process
 

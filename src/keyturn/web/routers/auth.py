@@ -120,20 +120,6 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         )
         return JSONResponse(body.model_dump(), headers={"Pragma": "no-cache"})
 
-    async def refresh_shortcut(request: Request) -> Response | None:
-        """`refresh` below for a JSON body with a well-formed token, answered the same way
-        without FastAPI's parameter machinery; None for everything else (see `shortcut_route`)."""
-        if request.headers.get("content-type") != "application/json" or wants_cookies(request):
-            return None
-        try:
-            body = RefreshRequest.model_validate_json(await request.body())
-        except ValidationError:
-            return None
-        client = await deps.client(request)
-        await keyturn.throttle.hit(Action.REFRESH, client.ip)
-        issued = await keyturn.sessions.refresh(body.refresh_token, client)
-        return Response(token_response(issued).model_dump_json(), media_type="application/json")
-
     async def refresh(
         client: Client, request: Request, response: Response, body: RefreshRequest | None = None
     ) -> TokenResponse:
@@ -152,6 +138,18 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         issued = await keyturn.sessions.refresh(cookie, client)
         set_session_cookies(response, issued, keyturn.settings, prefix=keyturn.prefix)
         return token_response(issued, in_cookies=True)
+
+    async def refresh_shortcut(request: Request) -> Response | None:
+        """`refresh` for a JSON body with a well-formed token, called without FastAPI's
+        parameter machinery; None for everything else (see `shortcut_route`)."""
+        if request.headers.get("content-type") != "application/json" or wants_cookies(request):
+            return None
+        try:
+            body = RefreshRequest.model_validate_json(await request.body())
+        except ValidationError:
+            return None
+        tokens = await refresh(await deps.client(request), request, Response(), body)
+        return Response(tokens.model_dump_json(), media_type="application/json")
 
     router.add_api_route(
         "/refresh",
