@@ -152,6 +152,7 @@ class Keyturn:
             await migrate.upgrade(self.database)
         await self.keys.ensure_signing_key()
         if background:
+            self._tasks.append(asyncio.create_task(self.audit.keep_sealing()))
             self._tasks.append(
                 asyncio.create_task(
                     run_every(self.settings.key_refresh_interval, self.keys.reload, "key reload")
@@ -189,4 +190,8 @@ class Keyturn:
                 await task
         self._tasks.clear()
         self.hasher.close()
+        try:  # what this instance wrote joins the chain now, not when another one seals it
+            await self.audit.seal()
+        except Exception as error:  # a database that is down must not stop the shutdown
+            log.warning("audit events left unsealed at shutdown: %s", type(error).__name__)
         await self.database.dispose()

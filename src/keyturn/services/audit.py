@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from keyturn.errors import Unavailable
 from keyturn.services.context import ClientInfo, Clock
 from keyturn.storage import audit as audit_store
 from keyturn.storage.database import Database
 from keyturn.storage.records import AuditEvent
+
+log = logging.getLogger("keyturn.audit")
+
+SEAL_BATCH = 500  # events chained per sealing transaction
+SEAL_EVERY = 0.05  # seconds between looks for unsealed events while events keep arriving
+SEAL_IDLE = 1.0  # ... and at most this long once none came
 
 
 class EventType(StrEnum):
@@ -93,6 +102,39 @@ class AuditService:
         self.database = database
         self.clock = clock
 
+    async def seal(self) -> int:
+        """Chain every event committed so far; how many. Readers of the chain call it first,
+        so what they see is what was written before they asked."""
+        if not await self.database.point_read(audit_store.has_pending):
+            return 0
+        total = 0
+        while True:
+            async with self.database.write() as conn:
+                sealed = await audit_store.seal_pending(conn, limit=SEAL_BATCH)
+            total += sealed
+            if sealed < SEAL_BATCH:
+                return total
+
+    async def keep_sealing(self) -> None:
+        """The server's sealer: events join the chain within `SEAL_EVERY` of their commit while
+        they keep coming, within `SEAL_IDLE` after a quiet spell. Every instance runs one; the
+        chain head's lock makes them take turns, and any of them seals what another instance
+        wrote before it stopped."""
+        wait = SEAL_EVERY
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                sealed = await self.seal()
+            except asyncio.CancelledError:
+                raise
+            except Unavailable as error:
+                log.warning("audit sealing failed, will retry: %s", error)
+                sealed = 0
+            except Exception:
+                log.exception("audit sealing failed, will retry")
+                sealed = 0
+            wait = SEAL_EVERY if sealed else min(SEAL_IDLE, wait * 2)
+
     async def list(
         self,
         *,
@@ -102,6 +144,7 @@ class AuditService:
         type: str | None = None,
     ) -> tuple[list[AuditEvent], int | None]:
         """A page of events, newest first, and the cursor for the next page (None at the end)."""
+        await self.seal()
         async with self.database.read() as conn:
             events = await audit_store.list_events(
                 conn, limit=limit + 1, before_seq=before_seq, user_id=user_id, type=type
@@ -117,6 +160,7 @@ class AuditService:
 
     async def verify(self) -> ChainReport:
         """Walk the chain from its anchor; report the first event changed, removed or moved."""
+        await self.seal()
         # One snapshot: events appended while we walk must not look like a broken head.
         async with self.database.snapshot() as conn:
             head = await audit_store.chain_head(conn)
@@ -149,9 +193,11 @@ class AuditService:
 
     async def head(self) -> audit_store.ChainHead:
         """The newest link: record it outside the database (logs, a ticket) to anchor the chain."""
+        await self.seal()
         async with self.database.read() as conn:
             return await audit_store.chain_head(conn)
 
     async def prune(self, before: datetime) -> int:
+        await self.seal()
         async with self.database.write() as conn:
             return await audit_store.prune_before(conn, before)

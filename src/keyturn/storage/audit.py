@@ -1,4 +1,11 @@
-"""The audit log: an append-only hash chain (each event hashes its content and its predecessor)."""
+"""The audit log: an append-only hash chain (each event hashes its content and its predecessor).
+
+An event is written with the change it records, in the same transaction, and sealed into the
+chain (given its `seq`, `prev_hash` and `hash`) a moment later, by `seal_pending`, with the
+others written meanwhile. Chaining at write time made every writer on every instance queue on
+the chain's head from its first event until its COMMIT; sealing in batches takes that lock
+once per batch, after the writers have committed.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +27,26 @@ _CHAIN_ROW = 1
 
 # Built once (see storage/sessions.py): every login, refresh and logout appends an event.
 _HEAD = select(audit_chain).where(audit_chain.c.id == _CHAIN_ROW)
-# Appenders on every instance queue here; the lock is held only until commit.
+# Sealers on every instance queue here; the lock is held only until their commit.
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
 _INSERT = insert(audit_events)
 _ADVANCE = (
     update(audit_chain)
     .where(audit_chain.c.id == _CHAIN_ROW)
     .values(last_seq=bindparam("b_seq"), last_hash=bindparam("b_hash"))
+)
+_UNSEALED = audit_events.c.seq.is_(None)
+_PENDING = (
+    select(audit_events)
+    .where(_UNSEALED)
+    .order_by(audit_events.c.occurred_at, audit_events.c.id)
+    .limit(bindparam("b_limit"))
+)
+_ANY_PENDING = select(audit_events.c.id).where(_UNSEALED).limit(1)
+_SEAL = (
+    update(audit_events)
+    .where(audit_events.c.id == bindparam("b_id"), _UNSEALED)
+    .values(seq=bindparam("b_seq"), prev_hash=bindparam("b_prev"), hash=bindparam("b_hash"))
 )
 
 
@@ -85,34 +105,64 @@ async def _lock_chain(conn: Connection) -> AnyRow:
     return row
 
 
-async def append_events(conn: Connection, events: list[dict[str, Any]]) -> list[AuditEvent]:
-    """Append events inside the caller's transaction, so a change and its event commit together."""
+async def append_events(conn: Connection, events: list[dict[str, Any]]) -> list[str]:
+    """Write events inside the caller's transaction, so a change and its event commit together
+    (or neither does); their ids. `seal_pending` chains them once committed."""
     if not events:
         return []
-    head = (await _lock_chain(conn))._mapping
-    seq, prev_hash = int(head["last_seq"]), head["last_hash"]
-    written: list[AuditEvent] = []
-    rows = []
-    for event in events:
-        seq += 1
-        event_id = new_id()
-        digest = canonical_hash(seq=seq, event_id=event_id, prev_hash=prev_hash, **event)
-        record = AuditEvent(id=event_id, seq=seq, prev_hash=prev_hash, hash=digest, **event)
-        rows.append(
-            {
-                **event,
-                "id": event_id,
-                "seq": seq,
-                "prev_hash": prev_hash,
-                "hash": digest,
-                "detail": json.dumps(event["detail"], sort_keys=True),
-            }
-        )
-        written.append(record)
-        prev_hash = digest
+    ids = [new_id() for _ in events]
+    rows = [
+        {
+            **event,
+            "id": event_id,
+            "seq": None,
+            "prev_hash": None,
+            "hash": None,
+            "detail": json.dumps(event["detail"], sort_keys=True),
+        }
+        for event_id, event in zip(ids, events, strict=True)
+    ]
     await conn.execute(_INSERT, rows)
+    return ids
+
+
+async def has_pending(conn: Connection) -> bool:
+    """Whether any committed event still waits to be sealed (an indexed probe)."""
+    return (await conn.execute(_ANY_PENDING)).first() is not None
+
+
+async def seal_pending(conn: Connection, *, limit: int) -> int:
+    """Chain up to `limit` unsealed events, oldest first, after the head; how many.
+
+    On PostgreSQL the head's row lock serializes sealers across instances: a second one waits,
+    then sees the events the first sealed as sealed (its read comes after the lock).
+    """
+    head = (await _lock_chain(conn))._mapping
+    pending = (await conn.execute(_PENDING, {"b_limit": limit})).all()
+    if not pending:
+        return 0
+    seq, prev_hash = int(head["last_seq"]), head["last_hash"]
+    seals = []
+    for row in pending:
+        m = row._mapping
+        seq += 1
+        digest = canonical_hash(
+            seq=seq,
+            event_id=m["id"],
+            type=m["type"],
+            occurred_at=m["occurred_at"],
+            user_id=m["user_id"],
+            session_id=m["session_id"],
+            ip=m["ip"],
+            user_agent=m["user_agent"],
+            detail=json.loads(m["detail"]),
+            prev_hash=prev_hash,
+        )
+        seals.append({"b_id": m["id"], "b_seq": seq, "b_prev": prev_hash, "b_hash": digest})
+        prev_hash = digest
+    await conn.execute(_SEAL, seals)
     await conn.execute(_ADVANCE, {"b_seq": seq, "b_hash": prev_hash})
-    return written
+    return len(seals)
 
 
 async def list_events(
@@ -124,7 +174,7 @@ async def list_events(
     type: str | None = None,
 ) -> list[AuditEvent]:
     """Newest first; `before_seq` continues a page (stable while new events arrive)."""
-    statement = select(audit_events)
+    statement = select(audit_events).where(audit_events.c.seq.is_not(None))
     if user_id is not None:
         statement = statement.where(audit_events.c.user_id == user_id)
     if type is not None:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -126,7 +127,8 @@ audit_events = Table(
     "audit_events",
     metadata,
     Column("id", ID, primary_key=True),
-    Column("seq", BigInteger, nullable=False, unique=True),
+    # Empty until the event is sealed into the chain (storage/audit.py).
+    Column("seq", BigInteger, unique=True),
     Column("type", String(64), nullable=False),
     Column("occurred_at", UTCDateTime, nullable=False),
     Column("user_id", ID),
@@ -134,13 +136,20 @@ audit_events = Table(
     Column("ip", String(64)),
     Column("user_agent", String(512)),
     Column("detail", Text, nullable=False),
-    Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
     Index("ix_audit_events_user_seq", "user_id", "seq"),
     Index("ix_audit_events_type_seq", "type", "seq"),
+    Index(
+        "ix_audit_events_unsealed",
+        "occurred_at",
+        "id",
+        postgresql_where=text("seq IS NULL"),
+        sqlite_where=text("seq IS NULL"),
+    ),
 )
 
-# One row: the head of the audit hash chain, locked by each appender (serializes `seq`).
+# One row: the head of the audit hash chain, locked by each sealer (serializes `seq`).
 audit_chain = Table(
     "audit_chain",
     metadata,
