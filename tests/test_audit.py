@@ -753,3 +753,44 @@ async def test_concurrent_writers_in_one_process_keep_the_chain_valid(
     report = await keyturn.audit.verify()
     assert report.is_intact
     assert report.events_checked == 44
+
+
+# --- sealing: events join the chain after their commit -------------------------------------
+
+
+async def unsealed(keyturn: Keyturn) -> int:
+    """Events stored but not yet chained, read as someone with database access would."""
+    rows = await sql(keyturn, "SELECT count(*) FROM audit_events WHERE seq IS NULL")
+    return int(rows[0][0])
+
+
+async def test_a_running_server_seals_new_events_without_anyone_reading_them(
+    settings: Settings, clock: FakeClock
+) -> None:
+    keyturn = Keyturn(settings, clock=clock)
+    await keyturn.start(background=True)  # the sealer runs as in `keyturn serve`
+    try:
+        async with instances.client_of(keyturn) as client:
+            await register(client)
+        for _ in range(100):  # sealed within SEAL_IDLE of the commit (1 s), polled for 5 s
+            if await unsealed(keyturn) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await unsealed(keyturn) == 0
+        assert await head_seq(keyturn) == 1
+    finally:
+        await keyturn.stop()
+
+
+async def test_stopping_an_instance_seals_what_it_wrote(
+    settings: Settings, clock: FakeClock
+) -> None:
+    async with instances.serving(settings, clock) as (keyturn, client):  # no sealer running
+        ada = await register(client)
+        await client.post("/auth/refresh", json={"refresh_token": ada["refresh_token"]})
+        assert await unsealed(keyturn) == 2
+    async with instances.started(settings, clock) as again:
+        assert await unsealed(again) == 0
+        report = await again.audit.verify()
+        assert report.is_intact
+        assert report.events_checked == 2

@@ -31,7 +31,7 @@ def test_only_a_hash_is_stored_and_it_is_stable() -> None:
     assert len(digest) == 64
 
 
-def test_successor_is_deterministic_per_session_key_and_unguessable_without_it() -> None:
+def test_successor_is_deterministic_per_key_and_unguessable_without_it() -> None:
     key, other_key = opaque_tokens.new_key(), opaque_tokens.new_key()
     token = opaque_tokens.new_token()
     successor = opaque_tokens.derive_successor(key, token)

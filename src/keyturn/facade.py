@@ -151,6 +151,7 @@ class Keyturn:
         if self.run_migrations:
             await migrate.upgrade(self.database)
         await self.keys.ensure_signing_key()
+        await self.sessions.load_secrets()
         if background:
             self._tasks.append(asyncio.create_task(self.audit.keep_sealing()))
             self._tasks.append(

@@ -26,7 +26,7 @@ def new_token() -> str:
 
 
 def new_key() -> bytes:
-    """A per-session derivation key (never leaves the server)."""
+    """A random derivation key (never leaves the server)."""
     return secrets.token_bytes(TOKEN_BYTES)
 
 

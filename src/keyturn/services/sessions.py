@@ -23,6 +23,7 @@ from keyturn.services.audit import EventType, RevokeReason, event
 from keyturn.services.context import ClientInfo, Clock
 from keyturn.services.keys import KeyService
 from keyturn.storage import audit as audit_store
+from keyturn.storage import keys as key_store
 from keyturn.storage import sessions as session_store
 from keyturn.storage.database import Connection, Database
 from keyturn.storage.records import Session, User
@@ -53,6 +54,9 @@ class Principal:
         return now - self.session.authenticated_at <= timedelta(seconds=fresh_age)
 
 
+ROTATION_SECRET = "refresh_rotation"  # noqa: S105 (the name of its row in server_secrets)
+
+
 class SessionService:
     def __init__(
         self,
@@ -75,6 +79,19 @@ class SessionService:
         self._idle = timedelta(seconds=settings.session_idle_ttl)
         self._touch = timedelta(seconds=settings.session_touch_interval)
         self._grace = timedelta(seconds=settings.refresh_reuse_grace)
+        self._rotation_secret: bytes | None = None
+
+    async def load_secrets(self) -> None:
+        """Read the refresh-rotation secret every instance shares (at start-up)."""
+        self._rotation_secret = await self.database.point_read(
+            lambda conn: key_store.server_secret(conn, ROTATION_SECRET)
+        )
+
+    @property
+    def rotation_secret(self) -> bytes:
+        if self._rotation_secret is None:
+            raise RuntimeError("SessionService.load_secrets() has not run (Keyturn.start does)")
+        return self._rotation_secret
 
     # --- issuing ---------------------------------------------------------------------------
 
@@ -87,7 +104,7 @@ class SessionService:
         session = await session_store.insert_session(
             conn,
             user_id=user.id,
-            rotation_key=opaque_tokens.new_key(),
+            rotation_key=self.rotation_secret,  # for the previous release (see schema.sessions)
             refresh_token_hash=opaque_tokens.hash_token(refresh_token),
             now=now,
             expires_at=expires_at,
@@ -176,27 +193,36 @@ class SessionService:
         if not opaque_tokens.looks_like_token(refresh_token):
             raise InvalidRefreshToken()
         token_hash = opaque_tokens.hash_token(refresh_token)
+        # Known before the database is asked: the same token always has the same successor.
+        successor = opaque_tokens.derive_successor(self.rotation_secret, refresh_token)
         now = self.clock()
-        async with self.database.write() as conn:
-            rotated = await self._rotate(conn, refresh_token, token_hash, client, now)
+        rotated = await self.database.write_one(
+            lambda conn: session_store.rotate(
+                conn,
+                token_hash=token_hash,
+                successor_hash=opaque_tokens.hash_token(successor),
+                now=now,
+                idle_ends_at=now + self._idle,
+                event=event(EventType.SESSION_REFRESHED, now=now, client=client),
+            )
+        )
         if rotated is None:
-            # Reuse: the revocation is committed (the block above ended) before we answer.
-            raise RefreshTokenReused()
-        user, session, successor = rotated
-        # Signed after the commit: on PostgreSQL the audit chain's row lock is held until then.
+            async with self.database.write() as conn:
+                rotated = await self._turned_down(conn, token_hash, client, now)
+            if rotated is None:
+                # Reuse: the revocation is committed (the block above ended) before we answer.
+                raise RefreshTokenReused()
+        session, user = rotated
+        # Signed after the commit: no transaction waits on the signature.
         return self._tokens(user, session, successor, now)
 
-    async def _rotate(
-        self,
-        conn: Connection,
-        refresh_token: str,
-        token_hash: str,
-        client: ClientInfo,
-        now: datetime,
-    ) -> tuple[User, Session, str] | None:
-        """The user, session and successor token to answer with; None when this is reuse
-        (the session has then been revoked in `conn`)."""
-        found = await session_store.claim_refresh_token(conn, token_hash, now=now)
+    async def _turned_down(
+        self, conn: Connection, token_hash: str, client: ClientInfo, now: datetime
+    ) -> tuple[Session, User] | None:
+        """Why `rotate` found no live token: raise the error to answer with, or return the
+        session and user of a retry (the successor is the same), or None for reuse (the
+        session has then been revoked in `conn`)."""
+        found = await session_store.find_refresh_token(conn, token_hash)
         if found is None:
             raise InvalidRefreshToken()
         session = found.session
@@ -207,43 +233,18 @@ class SessionService:
         user = found.user
         if user.is_disabled or user.is_deleted:
             raise InvalidRefreshToken()
-        successor = opaque_tokens.derive_successor(session.rotation_key, refresh_token)
-        if found.claimed:
-            await session_store.insert_refresh_token(
-                conn,
-                session.id,
-                opaque_tokens.hash_token(successor),
-                generation=found.token.generation + 1,
-                now=now,
-            )
-            await session_store.touch_session(
-                conn,
-                session.id,
-                now=now,
-                ends_at=min(session.expires_at, now + self._idle),
-                not_since=now + timedelta(seconds=1),
-            )
-            await audit_store.append_events(
-                conn,
-                [
-                    event(
-                        EventType.SESSION_REFRESHED,
-                        now=now,
-                        client=client,
-                        user_id=user.id,
-                        session_id=session.id,
-                    )
-                ],
-            )
-            return user, session, successor
+        rotated_at = found.token.rotated_at
+        if rotated_at is None:
+            # Live after all: rotate's conditions are these checks, so only a change committed
+            # between the two reads gets here. The client tries again, as after a lost answer.
+            raise InvalidRefreshToken()
         is_retry = (
             found.successor is not None
             and found.successor.rotated_at is None
-            and found.token.rotated_at is not None
-            and now - found.token.rotated_at <= self._grace
+            and now - rotated_at <= self._grace
         )
         if is_retry:
-            return user, session, successor
+            return session, user
         await self._revoke_for_reuse(conn, session, client, now)
         return None
 

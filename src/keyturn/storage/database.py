@@ -262,6 +262,20 @@ class Database:
                 return await read(SqliteConnection(self.loop_reader()))
             return await self.postgres.run(lambda raw: read(AsyncpgConnection(raw)))
 
+    async def write_one(self, work: Callable[[Connection], Awaitable[_T]]) -> _T:
+        """A write `work` makes in one statement: on PostgreSQL in autocommit, one round trip
+        instead of BEGIN, the statement and COMMIT (a statement is atomic by itself). On SQLite
+        `work` may run several statements: it gets a write transaction.
+
+        On PostgreSQL a connection found dead is replaced and `work` run once more (see
+        `Connections.run`): `work` must be safe to repeat after a commit whose answer was lost.
+        """
+        if self.postgres is None:
+            async with self.write() as connection:
+                return await work(connection)
+        async with translate_errors():
+            return await self.postgres.run(lambda raw: work(AsyncpgConnection(raw)))
+
     def loop_reader(self) -> sqlite3.Connection:
         """SQLite: the one read-only connection used on the event loop (the session look-up,
         point reads). WAL readers do not wait for the writer; with a 50 ms busy timeout the

@@ -1,4 +1,4 @@
-"""Signing keys table access."""
+"""Signing keys and the other server-wide secrets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy import insert, or_, select, update
 
 from keyturn.storage.database import Connection
 from keyturn.storage.records import AnyRow, SigningKey
-from keyturn.storage.schema import signing_keys
+from keyturn.storage.schema import server_secrets, signing_keys
 
 
 def _key(row: AnyRow) -> SigningKey:
@@ -65,3 +65,13 @@ async def retire_active_keys(
         .where(signing_keys.c.retired_at.is_(None), signing_keys.c.kid != except_kid)
         .values(retired_at=now, publish_until=publish_until)
     )
+
+
+async def server_secret(conn: Connection, name: str) -> bytes:
+    """A secret the migrations created (see migrations/versions/0003_rotation_secret.py)."""
+    value = (
+        await conn.execute(select(server_secrets.c.value).where(server_secrets.c.name == name))
+    ).scalar()
+    if value is None:
+        raise RuntimeError(f"server secret {name!r} missing; run keyturn migrate")
+    return bytes(value)

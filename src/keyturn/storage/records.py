@@ -33,7 +33,7 @@ class User:
 class Session:
     id: str
     user_id: str
-    rotation_key: bytes
+    rotation_key: bytes  # unused since revision 0003 (see schema.sessions)
     created_at: datetime
     authenticated_at: datetime
     last_seen_at: datetime

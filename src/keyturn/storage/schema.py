@@ -95,6 +95,9 @@ sessions = Table(
     metadata,
     Column("id", ID, primary_key=True),
     Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # What the previous release derived this session's successor tokens with. Sessions created
+    # now carry the shared secret (server_secrets), so that release, still serving during a
+    # rolling deploy, derives the same successor; a later release drops the column.
     Column("rotation_key", LargeBinary(32), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("authenticated_at", UTCDateTime, nullable=False),
@@ -171,4 +174,13 @@ signing_keys = Table(
     Column("retired_at", UTCDateTime),
     # A retired key stays published until every token it signed has expired.
     Column("publish_until", UTCDateTime),
+)
+
+# Server-wide secrets every instance loads at start-up (created by the migrations).
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", LargeBinary(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
 )

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import String, and_, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn.ids import new_id
+from keyturn.storage.audit import append_events
 from keyturn.storage.database import Connection
 from keyturn.storage.records import AnyRow, RefreshToken, Session, User
-from keyturn.storage.schema import refresh_tokens, sessions, users
+from keyturn.storage.schema import audit_events, refresh_tokens, sessions, users
 from keyturn.storage.users import user_from_row
 
 _SESSION_COLUMNS = [c.label(f"s_{c.name}") for c in sessions.c]
@@ -37,32 +52,82 @@ _TOUCH = (
     )
     .values(last_seen_at=bindparam("b_now"), ends_at=bindparam("b_ends_at"))
 )
-# Mark a refresh token rotated unless someone already has: the race arbiter (see below).
-_MARK_ROTATED = (
-    update(refresh_tokens)
-    .where(
-        refresh_tokens.c.token_hash == bindparam("b_hash"), refresh_tokens.c.rotated_at.is_(None)
-    )
-    .values(rotated_at=bindparam("b_now"))
-)
-_CLAIM = _MARK_ROTATED.returning(*_TOKEN_COLUMNS)
-# PostgreSQL only (SQLite has no UPDATE inside WITH; there a statement costs no round trip):
-# the claim and the session and user it needs, in one round trip.
-_CLAIMED = _MARK_ROTATED.returning(*refresh_tokens.c).cte("claimed")
-_CLAIM_WITH_SESSION_AND_USER = (
-    select(
-        *[_CLAIMED.c[c.name].label(f"t_{c.name}") for c in refresh_tokens.c],
-        *_SESSION_COLUMNS,
-        users,
-    )
-    .join_from(_CLAIMED, sessions, _CLAIMED.c.session_id == sessions.c.id)
-    .join(users, sessions.c.user_id == users.c.id)
-)
 _TOKEN_SESSION_AND_USER = (
     select(*_TOKEN_COLUMNS, *_SESSION_COLUMNS, users)
     .join_from(refresh_tokens, sessions, refresh_tokens.c.session_id == sessions.c.id)
     .join(users, sessions.c.user_id == users.c.id)
     .where(refresh_tokens.c.token_hash == bindparam("b_hash"))
+)
+# A refresh's common case: the token is live, and so are its session and user. Only then does
+# the claim mark it rotated, unless someone already has: the race arbiter (on PostgreSQL a
+# concurrent claimer waits on the row lock, then sees `rotated_at` set; on SQLite the write
+# lock serializes them). Anything else is left for `find_refresh_token` to tell apart.
+_LIVE_CLAIM = (
+    update(refresh_tokens)
+    .where(
+        refresh_tokens.c.token_hash == bindparam("b_hash"),
+        refresh_tokens.c.rotated_at.is_(None),
+        sessions.c.id == refresh_tokens.c.session_id,
+        sessions.c.revoked_at.is_(None),
+        sessions.c.ends_at > bindparam("b_now"),
+        users.c.id == sessions.c.user_id,
+        users.c.is_disabled.is_(False),
+        users.c.deleted_at.is_(None),
+    )
+    .values(rotated_at=bindparam("b_now"))
+)
+_ROTATE_COLUMNS = (
+    refresh_tokens.c.generation,
+    refresh_tokens.c.session_id,
+)
+# SQLite returns no joined columns.
+_LIVE_CLAIM_SQLITE = _LIVE_CLAIM.returning(*_ROTATE_COLUMNS)
+# PostgreSQL: the whole rotation as one statement, so in autocommit one round trip (BEGIN,
+# six statements and COMMIT before). Every part reads the claim, so when it finds nothing,
+# nothing is written.
+_LIVE = _LIVE_CLAIM.returning(*_ROTATE_COLUMNS, *_SESSION_COLUMNS, users).cte("live")
+
+
+def _bind(name: str, like: Any) -> Any:
+    return bindparam(name, type_=like.type)
+
+
+_ROTATE = select(_LIVE).add_cte(
+    insert(refresh_tokens)
+    .from_select(
+        ["id", "session_id", "token_hash", "generation", "created_at", "rotated_at"],
+        select(
+            _bind("b_new_id", refresh_tokens.c.id),
+            _LIVE.c.session_id,
+            _bind("b_new_hash", refresh_tokens.c.token_hash),
+            _LIVE.c.generation + bindparam("b_one", 1, type_=Integer),
+            _bind("b_now", refresh_tokens.c.created_at),
+            null(),
+        ),
+    )
+    .cte("successor"),
+    update(sessions)
+    .where(sessions.c.id == _LIVE.c.s_id, sessions.c.revoked_at.is_(None))
+    .values(
+        last_seen_at=bindparam("b_now"),
+        ends_at=func.least(sessions.c.expires_at, bindparam("b_idle_ends_at")),
+    )
+    .cte("touched"),
+    insert(audit_events)
+    .from_select(
+        ["id", "type", "occurred_at", "user_id", "session_id", "ip", "user_agent", "detail"],
+        select(
+            _bind("e_id", audit_events.c.id),
+            _bind("e_type", audit_events.c.type),
+            _bind("b_now", audit_events.c.occurred_at),
+            _LIVE.c.s_user_id,
+            _LIVE.c.s_id,
+            _bind("e_ip", audit_events.c.ip),
+            _bind("e_user_agent", audit_events.c.user_agent),
+            _bind("e_detail", audit_events.c.detail),
+        ),
+    )
+    .cte("logged"),
 )
 _SUCCESSOR = select(refresh_tokens).where(
     refresh_tokens.c.session_id == bindparam("b_session_id"),
@@ -116,12 +181,18 @@ async def insert_session(
 
 
 async def insert_refresh_token(
-    conn: Connection, session_id: str, token_hash: str, *, generation: int, now: datetime
+    conn: Connection,
+    session_id: str,
+    token_hash: str,
+    *,
+    generation: int,
+    now: datetime,
+    id: str | None = None,
 ) -> None:
     await conn.execute(
         _INSERT_TOKEN,
         {
-            "id": new_id(),
+            "id": id or new_id(),
             "session_id": session_id,
             "token_hash": token_hash,
             "generation": generation,
@@ -164,45 +235,86 @@ async def find_session_by_token_hash(conn: Connection, token_hash: str) -> Sessi
     return _session(row) if row else None
 
 
+async def rotate(
+    conn: Connection,
+    *,
+    token_hash: str,
+    successor_hash: str,
+    now: datetime,
+    idle_ends_at: datetime,
+    event: dict[str, Any],
+) -> tuple[Session, User] | None:
+    """A refresh's common case, whole: mark the live token rotated, store its successor, restart
+    the session's idle clock (never past its expiry) and write `event` for the session and its
+    user. The session and user as they were; None, with nothing written, when the token, its
+    session or its user is not live (`find_refresh_token` then tells why).
+
+    On PostgreSQL this is one statement (run it in autocommit); a concurrent claimer of the same
+    token waits on its row lock, then finds it rotated and gets None.
+    """
+    claim = {"b_hash": token_hash, "b_now": now}
+    successor_id = new_id()
+    if conn.dialect.name == "postgresql":
+        row = (
+            await conn.execute(
+                _ROTATE,
+                {
+                    **claim,
+                    "b_new_id": successor_id,
+                    "b_new_hash": successor_hash,
+                    "b_idle_ends_at": idle_ends_at,
+                    "e_id": new_id(),
+                    "e_type": event["type"],
+                    "e_ip": event["ip"],
+                    "e_user_agent": event["user_agent"],
+                    "e_detail": json.dumps(event["detail"], sort_keys=True),
+                },
+            )
+        ).first()
+        if row is None:
+            return None
+        start = len(_ROTATE_COLUMNS)
+        return _session(row, start), user_from_row(row, start + _SESSION_WIDTH)
+    won = (await conn.execute(_LIVE_CLAIM_SQLITE, claim)).first()
+    if won is None:
+        return None
+    generation, session_id = won
+    found = await get_session_and_user(conn, session_id)
+    if found is None:  # the claim joined them: they exist in this transaction
+        raise RuntimeError("claimed refresh token without its session")
+    session, user = found
+    await insert_refresh_token(
+        conn,
+        session_id,
+        successor_hash,
+        generation=generation + 1,
+        now=now,
+        id=successor_id,
+    )
+    await touch_session(
+        conn,
+        session_id,
+        now=now,
+        ends_at=min(session.expires_at, idle_ends_at),
+        not_since=now + timedelta(seconds=1),  # always: a refresh restarts the idle clock
+    )
+    await append_events(conn, [{**event, "user_id": user.id, "session_id": session.id}])
+    return session, user
+
+
 @dataclass(frozen=True, slots=True)
-class ClaimedToken:
+class FoundToken:
     """A refresh token looked up by hash, with its session, user and (if any) its successor."""
 
     token: RefreshToken
     session: Session
     user: User
     successor: RefreshToken | None
-    claimed: bool  # True when this call marked it rotated (the caller won the race)
 
 
-async def claim_refresh_token(
-    conn: Connection, token_hash: str, *, now: datetime
-) -> ClaimedToken | None:
-    """Mark the token rotated if nobody has; either way return what the caller needs to decide.
-
-    The conditional UPDATE is the race arbiter: on PostgreSQL a concurrent claimer blocks on
-    the row lock and then sees `rotated_at` set; on SQLite the write lock serializes them.
-    """
-    claim = {"b_hash": token_hash, "b_now": now}
-    if conn.dialect.name == "postgresql":
-        row = (await conn.execute(_CLAIM_WITH_SESSION_AND_USER, claim)).first()
-        if row is not None:
-            return ClaimedToken(
-                _token(row),
-                _session(row, _TOKEN_WIDTH),
-                user_from_row(row, _TOKEN_WIDTH + _SESSION_WIDTH),
-                None,
-                claimed=True,
-            )
-    else:
-        won = (await conn.execute(_CLAIM, claim)).first()
-        if won is not None:
-            token = _token(won)
-            found = await get_session_and_user(conn, token.session_id)
-            if found is None:
-                return None
-            return ClaimedToken(token, found[0], found[1], successor=None, claimed=True)
-    # Someone claimed it before: what the caller needs to tell a retry from reuse.
+async def find_refresh_token(conn: Connection, token_hash: str) -> FoundToken | None:
+    """What a refresh that `rotate` turned down needs to tell why: a token already rotated (a
+    retry, or reuse), one of an ended session, or of a user who may no longer sign in."""
     row = (await conn.execute(_TOKEN_SESSION_AND_USER, {"b_hash": token_hash})).first()
     if row is None:
         return None
@@ -212,12 +324,11 @@ async def claim_refresh_token(
             _SUCCESSOR, {"b_session_id": token.session_id, "b_generation": token.generation + 1}
         )
     ).first()
-    return ClaimedToken(
+    return FoundToken(
         token,
         _session(row, _TOKEN_WIDTH),
         user_from_row(row, _TOKEN_WIDTH + _SESSION_WIDTH),
         successor=_token(successor_row) if successor_row else None,
-        claimed=False,
     )
 
 
