@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -171,17 +171,8 @@ class AuditService:
                     return ChainReport(checked, ChainBreak(item.id, item.seq, "missing_before"))
                 if item.prev_hash != expected_prev:
                     return ChainReport(checked, ChainBreak(item.id, item.seq, "broken_link"))
-                recomputed = audit_store.canonical_hash(
-                    seq=item.seq,
-                    event_id=item.id,
-                    type=item.type,
-                    occurred_at=item.occurred_at,
-                    user_id=item.user_id,
-                    session_id=item.session_id,
-                    ip=item.ip,
-                    user_agent=item.user_agent,
-                    detail=item.detail,
-                    prev_hash=item.prev_hash,
+                recomputed = audit_store.link_hash(
+                    asdict(item), seq=item.seq, event_id=item.id, prev_hash=item.prev_hash
                 )
                 if recomputed != item.hash:
                     return ChainReport(checked, ChainBreak(item.id, item.seq, "content_changed"))

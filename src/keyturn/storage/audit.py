@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -80,6 +80,16 @@ def canonical_hash(
     return hashlib.sha256(encoded.encode("ascii")).hexdigest()
 
 
+CONTENT_FIELDS = ("type", "occurred_at", "user_id", "session_id", "ip", "user_agent", "detail")
+
+
+def link_hash(content: Mapping[str, Any], *, seq: int, event_id: str, prev_hash: str) -> str:
+    """The hash that links an event into the chain: `canonical_hash` of its `CONTENT_FIELDS`
+    (`detail` parsed), its place and its predecessor's hash."""
+    fields = {name: content[name] for name in CONTENT_FIELDS}
+    return canonical_hash(seq=seq, event_id=event_id, prev_hash=prev_hash, **fields)
+
+
 def _event(row: AnyRow) -> AuditEvent:
     m = row._mapping
     return AuditEvent(
@@ -146,18 +156,8 @@ async def seal_pending(conn: Connection, *, limit: int) -> int:
     for row in pending:
         m = row._mapping
         seq += 1
-        digest = canonical_hash(
-            seq=seq,
-            event_id=m["id"],
-            type=m["type"],
-            occurred_at=m["occurred_at"],
-            user_id=m["user_id"],
-            session_id=m["session_id"],
-            ip=m["ip"],
-            user_agent=m["user_agent"],
-            detail=json.loads(m["detail"]),
-            prev_hash=prev_hash,
-        )
+        content = {**m, "detail": json.loads(m["detail"])}
+        digest = link_hash(content, seq=seq, event_id=m["id"], prev_hash=prev_hash)
         seals.append({"b_id": m["id"], "b_seq": seq, "b_prev": prev_hash, "b_hash": digest})
         prev_hash = digest
     await conn.execute(_SEAL, seals)
