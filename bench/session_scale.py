@@ -37,6 +37,7 @@ SESSION_COLUMNS = (
     "revoke_reason",
     "ip",
     "user_agent",
+    "purge_after",
 )
 TOKEN_COLUMNS = ("id", "session_id", "token_hash", "generation", "created_at", "rotated_at")
 SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime on SQLite (naive UTC)
@@ -99,6 +100,7 @@ def _sessions(
             None,
             "127.0.0.1",
             "bench",
+            ended,
         )
 
 

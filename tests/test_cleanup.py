@@ -20,6 +20,7 @@ from sqlalchemy import select
 from keyturn import Keyturn, Settings
 from keyturn.storage.database import Database
 from keyturn.storage.schema import refresh_tokens, sessions
+from keyturn.storage.sessions import Purged
 from keyturn.tasks import purge_ended_sessions
 from keyturn.web.app import create_app
 from tests.actions import bearer, login, register
@@ -161,7 +162,7 @@ async def test_cleanup_rests_between_batches_in_proportion_to_their_work(
     await populate(client, clock)
     worked: list[float] = []
 
-    async def slow_batch(size: int) -> tuple[int, int]:
+    async def slow_batch(size: int) -> Purged:
         started = time.perf_counter()
         await asyncio.sleep(0.05)  # a batch that takes the database 50 ms
         removed = await keyturn.sessions.purge_batch(size)
@@ -205,7 +206,7 @@ async def test_only_one_instance_cleans_up_at_a_time_on_postgresql(postgres_url:
             population = await populate(http, clock)
         in_first_batch, release = asyncio.Event(), asyncio.Event()
 
-        async def held_batch(size: int) -> tuple[int, int]:
+        async def held_batch(size: int) -> Purged:
             removed = await runner.sessions.purge_batch(size)
             in_first_batch.set()
             await release.wait()
@@ -253,3 +254,20 @@ async def test_the_server_purges_ended_sessions_every_cleanup_interval(
                     "/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
                 )
                 assert response.status_code == 200, response.text
+
+
+async def test_a_session_refreshed_past_its_first_idle_end_is_not_removed_until_it_ends(
+    client: AsyncClient, clock: FakeClock, keyturn: Keyturn
+) -> None:
+    """Refreshes move a session's end on without touching what cleanup looks it up by: cleanup
+    finds it due, sees it live, and looks again at its new end."""
+    tokens = await register(client)
+    clock.advance(IDLE_TTL - 100)
+    tokens = await refreshed(client, tokens)  # now ends IDLE_TTL from here
+    clock.advance(200)  # past the end it had when it was created
+    assert await keyturn.cleanup() == (0, 0)
+    assert (await client.get("/me", headers=bearer(tokens))).status_code == 200
+    tokens = await refreshed(client, tokens)
+    clock.advance(IDLE_TTL + 1)  # idle since the last refresh
+    assert await keyturn.cleanup() == (1, 3)
+    assert await stored(keyturn.database) == (set(), Counter())

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from keyturn.errors import Unavailable
 from keyturn.storage.database import Database
+from keyturn.storage.sessions import Purged
 
 log = logging.getLogger("keyturn.tasks")
 
@@ -20,7 +21,7 @@ REST = 0.5  # between cleanup batches, this many times as long as the batch took
 
 async def purge_ended_sessions(
     database: Database,
-    purge_batch: Callable[[int], Awaitable[tuple[int, int]]],
+    purge_batch: Callable[[int], Awaitable[Purged]],
     *,
     batch_size: int = BATCH_SIZE,
     on_progress: Callable[[int, int], None] | None = None,
@@ -41,12 +42,12 @@ async def purge_ended_sessions(
         sessions_total = tokens_total = 0
         while True:
             started = time.perf_counter()
-            sessions_removed, tokens_removed = await purge_batch(batch_size)
-            sessions_total += sessions_removed
-            tokens_total += tokens_removed
+            purged = await purge_batch(batch_size)
+            sessions_total += purged.sessions
+            tokens_total += purged.tokens
             if on_progress is not None:
                 on_progress(sessions_total, tokens_total)
-            if sessions_removed < batch_size:
+            if purged.visited < batch_size:
                 return sessions_total, tokens_total
             await asyncio.sleep(max(pause, rest * (time.perf_counter() - started)))
 

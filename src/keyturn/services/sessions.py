@@ -388,7 +388,7 @@ class SessionService:
 
     # --- maintenance -----------------------------------------------------------------------
 
-    async def purge_batch(self, batch_size: int) -> tuple[int, int]:
-        """One short transaction of cleanup: (sessions, refresh tokens) removed."""
+    async def purge_batch(self, batch_size: int) -> session_store.Purged:
+        """One short transaction of cleanup."""
         async with self.database.write() as conn:
             return await session_store.purge_ended(conn, now=self.clock(), batch_size=batch_size)

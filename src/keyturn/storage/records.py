@@ -43,6 +43,7 @@ class Session:
     revoke_reason: str | None
     ip: str | None
     user_agent: str | None
+    purge_after: datetime | None
 
     def is_active(self, now: datetime) -> bool:
         return self.revoked_at is None and self.ends_at > now

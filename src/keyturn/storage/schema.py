@@ -19,7 +19,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -103,15 +102,19 @@ sessions = Table(
     Column("authenticated_at", UTCDateTime, nullable=False),
     Column("last_seen_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
-    # min(expires_at, last_seen_at + idle TTL), or the revocation time: one indexed column
-    # answers both "is it live?" and "may cleanup delete it?".
+    # min(expires_at, last_seen_at + idle TTL), or the revocation time: "is it live?".
     Column("ends_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime),
     Column("revoke_reason", String(32)),
     Column("ip", String(64)),
     Column("user_agent", String(512)),
+    # When cleanup should look at it: never after `ends_at`, often before (a refresh moves
+    # `ends_at` on, not this). Only this is indexed, so the write every refresh makes changes no
+    # indexed column: on PostgreSQL a HOT update, with no new index entries and no bloat.
+    # Empty for a session the previous release created during a rolling deploy.
+    Column("purge_after", UTCDateTime),
     Index("ix_sessions_user_id", "user_id"),
-    Index("ix_sessions_ends_at", "ends_at"),
+    Index("ix_sessions_purge_after", "purge_after"),
 )
 
 refresh_tokens = Table(
@@ -130,7 +133,8 @@ audit_events = Table(
     "audit_events",
     metadata,
     Column("id", ID, primary_key=True),
-    # Empty until the event is sealed into the chain (storage/audit.py).
+    # Empty until the event is sealed into the chain (storage/audit.py). Its unique index also
+    # finds the events still waiting (both databases index NULLs).
     Column("seq", BigInteger, unique=True),
     Column("type", String(64), nullable=False),
     Column("occurred_at", UTCDateTime, nullable=False),
@@ -143,13 +147,6 @@ audit_events = Table(
     Column("hash", String(64)),
     Index("ix_audit_events_user_seq", "user_id", "seq"),
     Index("ix_audit_events_type_seq", "type", "seq"),
-    Index(
-        "ix_audit_events_unsealed",
-        "occurred_at",
-        "id",
-        postgresql_where=text("seq IS NULL"),
-        sqlite_where=text("seq IS NULL"),
-    ),
 )
 
 # One row: the head of the audit hash chain, locked by each sealer (serializes `seq`).

@@ -88,6 +88,7 @@ def _records(row: Any, time: Any) -> tuple[Session, User]:
         revoke_reason=s[9],
         ip=s[10],
         user_agent=s[11],
+        purge_after=time(s[12]),
     )
     user = User(
         id=u[0],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Integer,
@@ -174,6 +174,7 @@ async def insert_session(
         revoke_reason=None,
         ip=ip,
         user_agent=user_agent,
+        purge_after=ends_at,
     )
     await conn.execute(_INSERT_SESSION, {c.name: getattr(record, c.name) for c in sessions.c})
     await insert_refresh_token(conn, record.id, refresh_token_hash, generation=0, now=now)
@@ -361,7 +362,7 @@ async def revoke_sessions(
     result = await conn.execute(
         update(sessions)
         .where(and_(*conditions))
-        .values(revoked_at=now, revoke_reason=reason, ends_at=now)
+        .values(revoked_at=now, revoke_reason=reason, ends_at=now, purge_after=now)
         .returning(sessions)
     )
     return [_session(row) for row in result]
@@ -380,30 +381,54 @@ async def list_active_sessions(conn: Connection, user_id: str, *, now: datetime)
     return [_session(row) for row in result]
 
 
-async def purge_ended(conn: Connection, *, now: datetime, batch_size: int) -> tuple[int, int]:
-    """Delete up to `batch_size` ended sessions and their tokens: (sessions, tokens) removed."""
-    candidates = (
-        select(sessions.c.id)
-        .where(sessions.c.ends_at <= now)
-        .order_by(sessions.c.ends_at)  # walks the index, never the whole table
+class Purged(NamedTuple):
+    sessions: int  # removed
+    tokens: int  # removed
+    visited: int  # sessions due: fewer than the batch size means no more are
+
+
+async def purge_ended(conn: Connection, *, now: datetime, batch_size: int) -> Purged:
+    """Delete up to `batch_size` ended sessions and their tokens. A session that is due
+    (`purge_after`) but still live, because refreshes moved its end on, is not deleted: its
+    end becomes its new `purge_after`."""
+    postgres = conn.dialect.name == "postgresql"
+    # Sessions the previous release created during a rolling deploy are due at their end.
+    await conn.execute(
+        update(sessions)
+        .where(sessions.c.purge_after.is_(None))
+        .values(purge_after=sessions.c.ends_at)
+    )
+    due = (
+        select(sessions.c.id, sessions.c.ends_at)
+        .where(sessions.c.purge_after <= now)
+        .order_by(sessions.c.purge_after)  # walks the index, never the whole table
         .limit(batch_size)
     )
-    postgres = conn.dialect.name == "postgresql"
     if postgres:
         # Another instance's batch skips the rows this one has taken.
-        candidates = candidates.with_for_update(skip_locked=True)
-    ids = [row[0] for row in await conn.execute(candidates)]
-    if not ids:
-        return 0, 0
+        due = due.with_for_update(skip_locked=True)
+    rows = (await conn.execute(due)).all()
+    ended = [session_id for session_id, ends_at in rows if ends_at <= now]
+    live = [session_id for session_id, ends_at in rows if ends_at > now]
 
-    def in_batch(column: ColumnElement[str]) -> ColumnElement[bool]:
+    def in_batch(column: ColumnElement[str], ids: list[str]) -> ColumnElement[bool]:
         if postgres:  # one array parameter: no thousand-placeholder statement to render
             return column == any_(bindparam("ids", ids, type_=postgresql.ARRAY(String)))
         return column.in_(ids)
 
-    tokens = await conn.execute(delete(refresh_tokens).where(in_batch(refresh_tokens.c.session_id)))
-    removed = await conn.execute(delete(sessions).where(in_batch(sessions.c.id)))
-    return removed.rowcount, tokens.rowcount
+    if live:
+        await conn.execute(
+            update(sessions)
+            .where(in_batch(sessions.c.id, live))
+            .values(purge_after=sessions.c.ends_at)
+        )
+    if not ended:
+        return Purged(0, 0, len(rows))
+    tokens = await conn.execute(
+        delete(refresh_tokens).where(in_batch(refresh_tokens.c.session_id, ended))
+    )
+    removed = await conn.execute(delete(sessions).where(in_batch(sessions.c.id, ended)))
+    return Purged(removed.rowcount, tokens.rowcount, len(rows))
 
 
 async def count_active_sessions(conn: Connection, *, now: datetime) -> int:
