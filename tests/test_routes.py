@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from keyturn import Keyturn, Settings
 from keyturn.web.routes import shortcut_route
 
 
@@ -105,3 +107,17 @@ async def test_dependency_overrides_send_every_request_through_fastapi() -> None
         app.dependency_overrides[_sender] = lambda: "override"
         overridden = await client.post("/greet", content=b'{"name":"fast"}')
         assert overridden.json() == {"hello": "fast", "by": "override"}
+
+
+def test_keyturns_hottest_routes_are_tried_first_and_the_rest_keep_their_order(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}")
+    routes = [
+        (getattr(route, "path", None), sorted(getattr(route, "methods", None) or []))
+        for route in Keyturn(settings, prefix="/id").router.routes
+    ]
+    assert routes[:2] == [("/id/me", ["GET"]), ("/id/auth/refresh", ["POST"])]
+    rest = [path for path, _ in routes[2:]]
+    assert rest.index("/id/me/sessions") < rest.index("/id/auth/login")
+    assert rest.index("/id/auth/login") < rest.index("/id/admin/users")

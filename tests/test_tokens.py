@@ -11,7 +11,7 @@ import pytest
 from keyturn.errors import Unauthorized
 from keyturn.security import opaque_tokens
 from keyturn.security.access_tokens import AccessTokenCodec
-from keyturn.security.signing_keys import KeyRing, generate_key, load_private
+from keyturn.security.signing_keys import KeyRing, SodiumSigner, generate_key, load_private
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -122,3 +122,11 @@ def test_jwk_is_public_only() -> None:
     jwk = generate_key().public_jwk
     assert set(jwk) == {"kty", "crv", "x", "kid", "alg", "use"}
     assert "d" not in jwk
+
+
+def test_the_sodium_signer_signs_exactly_as_cryptography_does() -> None:
+    private = load_private(generate_key().private_pem)
+    signer = SodiumSigner(private)
+    for message in (b"", b"header.claims", bytes(range(256)) * 4):
+        assert signer.sign(message) == private.sign(message)
+        private.public_key().verify(signer.sign(message), message)  # raises if invalid

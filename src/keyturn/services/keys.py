@@ -81,7 +81,7 @@ class KeyService:
         if active:
             newest = active[0]
             if ring.signing_kid != newest.kid:
-                ring.signing_key = crypto.load_private(newest.private_pem)
+                ring.signing_key = crypto.SodiumSigner(crypto.load_private(newest.private_pem))
                 ring.signing_kid = newest.kid
         verification = {}
         for key in keys:
