@@ -207,3 +207,36 @@ def test_the_server_freezes_what_start_up_built_and_a_host_app_does_not(tmp_path
     host, server = map(int, probe.stdout.split())
     assert host == 0
     assert server > 10_000  # the app, its models and statements: ~135k objects
+
+
+_ALEMBIC_PROBE = """
+import asyncio, os, sys
+from keyturn.cli import build_server_app
+from keyturn.storage.database import Database
+from keyturn.storage.migrate import is_current
+
+async def serve_and_check(app):
+    async with app.router.lifespan_context(app):
+        database = Database(os.environ["KEYTURN_DATABASE_URL"])
+        assert await is_current(database)  # what /readyz asks
+        await database.dispose()
+
+asyncio.run(serve_and_check(build_server_app()))
+print("alembic" in sys.modules)
+"""
+
+
+def test_the_serving_process_never_loads_alembic(tmp_path: Path) -> None:
+    """`keyturn serve` migrates in a child process: Alembic is 11 MiB of the 150 the server
+    may use, and serving, readiness included, needs none of it."""
+    env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'keyturn.db'}")
+    assert _cli("migrate", env=env).returncode == 0
+    probe = subprocess.run(
+        [sys.executable, "-c", _ALEMBIC_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert probe.stdout.strip() == "False"

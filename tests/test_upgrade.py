@@ -131,3 +131,12 @@ async def test_new_sessions_carry_the_shared_secret_for_the_previous_release(
         assert bytes(key) == bytes(secret)
         refreshed = await client.post("/auth/refresh", json={"refresh_token": token})
         assert refreshed.json()["refresh_token"] == opaque_tokens.derive_successor(key, token)
+
+
+def test_readiness_knows_every_revision_alembic_has() -> None:
+    """Readiness compares against `REVISIONS` so that a serving process never loads Alembic."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate._config())
+    assert tuple(s.revision for s in reversed(list(script.walk_revisions()))) == migrate.REVISIONS
+    assert script.get_current_head() == migrate.head_revision()

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import getpass
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -74,19 +75,18 @@ def build_server_app() -> object:
     return app
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+def prepare_to_serve() -> int:
+    """`keyturn serve`'s first step, in a child process: migrate and make sure a signing key
+    exists; 0 when the server may start."""
     from keyturn.facade import Keyturn
     from keyturn.logs import configure_logging
 
-    host = args.host or os.environ.get("HOST") or "127.0.0.1"
-    port = args.port or int(os.environ.get("PORT") or 8000)
-    settings = _settings(host, port)
     configure_logging()
+    host = os.environ.get("KEYTURN_BIND_HOST", "127.0.0.1")
+    port = int(os.environ.get("KEYTURN_BIND_PORT", "8000"))
 
     async def prepare() -> None:
-        keyturn = Keyturn(settings)
+        keyturn = Keyturn(_settings(host, port))
         await keyturn.start(background=False)
         await keyturn.stop()
 
@@ -98,8 +98,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, SQLAlchemyError) as error:
         print(f"keyturn: cannot start: database error ({type(error).__name__})", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from keyturn.logs import configure_logging
+
+    host = args.host or os.environ.get("HOST") or "127.0.0.1"
+    port = args.port or int(os.environ.get("PORT") or 8000)
+    _settings(host, port)  # a bad setting stops here, with its one line and status 2
+    configure_logging()
     os.environ["KEYTURN_BIND_HOST"] = host
     os.environ["KEYTURN_BIND_PORT"] = str(port)
+    # Migrations and the first signing key, in a process of their own: Alembic then never
+    # enters the serving process's memory (11 MiB of it, with one worker the same process).
+    prepared = subprocess.run(
+        [sys.executable, "-c", "import keyturn.cli as c; raise SystemExit(c.prepare_to_serve())"],
+        check=False,
+    )
+    if prepared.returncode != 0:
+        return prepared.returncode
     uvicorn.run(
         "keyturn.cli:build_server_app",
         factory=True,

@@ -1,22 +1,31 @@
-"""Schema migrations (Alembic), run in-process on a live connection."""
+"""Schema migrations (Alembic), run in-process on a live connection.
+
+Alembic is imported only to migrate: readiness compares the database's revision with
+`REVISIONS`, so a serving process that did not migrate never loads it (11 MiB).
+"""
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from keyturn.storage.database import Database
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Every revision in migrations/versions, oldest first (a test holds this to Alembic's own list).
+REVISIONS = ("0001", "0002", "0003", "0004")
 
 # Any fixed number: every instance that migrates takes this PostgreSQL advisory lock first.
 _MIGRATION_LOCK = 0x6B65797475726E
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option(
         "script_location", str(resources.files("keyturn.storage").joinpath("migrations"))
@@ -25,16 +34,14 @@ def _config(connection: Connection | None = None) -> Config:
     return config
 
 
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(_config()).get_current_head()
+def head_revision() -> str:
+    return REVISIONS[-1]
 
 
 def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
     command.upgrade(_config(connection), "head")
-
-
-def _current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
 
 
 async def upgrade(database: Database) -> None:
@@ -52,20 +59,24 @@ async def upgrade(database: Database) -> None:
                 await connection.commit()
 
 
+async def current_revision(database: Database) -> str | None:
+    """The revision the database is at (Alembic's `alembic_version` table), if any."""
+    async with database.read() as connection:
+        exists = await connection.run_sync(
+            lambda sync: sync.dialect.has_table(sync, "alembic_version")
+        )
+        if not exists:
+            return None
+        return (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+
+
 async def is_current(database: Database) -> bool:
     """Readiness: the schema is at this code's newest revision, or ahead of it.
 
     Ahead is fine: in a rolling deploy the new release migrates first (migrations are
     backwards compatible), and the old instances must keep serving until they are replaced.
     """
-    async with database.read() as connection:
-        current = await connection.run_sync(_current)
+    current = await current_revision(database)
     if current is None:
         return False
-    if current == head_revision():
-        return True
-    return current not in _known_revisions()
-
-
-def _known_revisions() -> set[str]:
-    return {s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()}
+    return current == head_revision() or current not in REVISIONS
