@@ -794,3 +794,23 @@ async def test_stopping_an_instance_seals_what_it_wrote(
         report = await again.audit.verify()
         assert report.is_intact
         assert report.events_checked == 2
+
+
+async def test_pruning_leaves_events_written_after_the_seal_to_the_next_one(
+    client: AsyncClient, keyturn: Keyturn, clock: FakeClock
+) -> None:
+    """Between `prune`'s seal and its own transaction a live server may commit new events."""
+    await some_history(client, clock)
+    await keyturn.audit.seal()
+    clock.advance(1)
+    async with keyturn.database.write() as conn:  # committed after the seal
+        await audit_store.append_events(
+            conn, [event(EventType.USER_DELETED, now=keyturn.clock(), client=ClientInfo())]
+        )
+    async with keyturn.database.write() as conn:
+        pruned = await audit_store.prune_before(conn, keyturn.clock())
+    assert pruned > 0
+    assert await unsealed(keyturn) == 1
+    report = await keyturn.audit.verify()
+    assert report.is_intact
+    assert report.events_checked == 1

@@ -271,3 +271,18 @@ async def test_a_session_refreshed_past_its_first_idle_end_is_not_removed_until_
     clock.advance(IDLE_TTL + 1)  # idle since the last refresh
     assert await keyturn.cleanup() == (1, 3)
     assert await stored(keyturn.database) == (set(), Counter())
+
+
+async def test_a_lower_idle_ttl_brings_cleanup_forward_for_sessions_refreshed_under_it(
+    client: AsyncClient, clock: FakeClock, keyturn: Keyturn, database_url: str
+) -> None:
+    tokens = await register(client)  # due for cleanup IDLE_TTL from now
+    shorter = settings_from_env(
+        database_url, KEYTURN_SESSION_IDLE_TTL="100", KEYTURN_SESSION_MAX_TTL=str(MAX_TTL)
+    )
+    async with started(shorter, clock) as restarted:
+        transport = httpx.ASGITransport(app=create_app(restarted))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            await refreshed(http, tokens)  # now ends in 100 s
+        clock.advance(101)
+        assert await restarted.cleanup() == (1, 2)

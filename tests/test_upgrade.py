@@ -8,13 +8,14 @@ from typing import Any
 
 from alembic import command
 from sqlalchemy import Connection as SyncConnection
-from sqlalchemy import insert, text
+from sqlalchemy import insert, text, update
 
 from keyturn.security import opaque_tokens
 from keyturn.storage import migrate
+from keyturn.storage import sessions as session_store
 from keyturn.storage.audit import canonical_hash
 from keyturn.storage.database import Database
-from keyturn.storage.schema import audit_events
+from keyturn.storage.schema import audit_events, refresh_tokens, sessions
 from tests.actions import PASSWORD
 from tests.conftest import settings_for
 from tests.instances import serving
@@ -140,3 +141,29 @@ def test_readiness_knows_every_revision_alembic_has() -> None:
     script = ScriptDirectory.from_config(migrate._config())
     assert tuple(s.revision for s in reversed(list(script.walk_revisions()))) == migrate.REVISIONS
     assert script.get_current_head() == migrate.head_revision()
+
+
+async def test_a_retry_of_a_rotation_the_previous_release_made_gets_its_successor(
+    database_url: str,
+) -> None:
+    """During a rolling deploy an old instance rotates a token of a session it created (its
+    own key); the client's retry reaches a new instance within the grace period."""
+    async with serving(settings_for(database_url)) as (keyturn, client):
+        registered = await client.post(
+            "/auth/register", json={"email": "ada@example.com", "password": PASSWORD}
+        )
+        token, session_id = registered.json()["refresh_token"], registered.json()["session_id"]
+        old_key = bytes(range(32))
+        old_successor = opaque_tokens.derive_successor(old_key, token)
+        now = keyturn.clock()
+        async with keyturn.database.write() as conn:  # what the old release wrote
+            await conn.execute(update(sessions).values(rotation_key=old_key))
+            await conn.execute(update(refresh_tokens).values(rotated_at=now))
+            await session_store.insert_refresh_token(
+                conn, session_id, opaque_tokens.hash_token(old_successor), generation=1, now=now
+            )
+        retried = await client.post("/auth/refresh", json={"refresh_token": token})
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["refresh_token"] == old_successor
+        onward = await client.post("/auth/refresh", json={"refresh_token": old_successor})
+        assert onward.status_code == 200, onward.text

@@ -208,20 +208,27 @@ class SessionService:
         )
         if rotated is None:
             async with self.database.write() as conn:
-                rotated = await self._turned_down(conn, token_hash, client, now)
-            if rotated is None:
+                retried = await self._turned_down(conn, refresh_token, token_hash, client, now)
+            if retried is None:
                 # Reuse: the revocation is committed (the block above ended) before we answer.
                 raise RefreshTokenReused()
-        session, user = rotated
+            session, user, successor = retried
+        else:
+            session, user = rotated
         # Signed after the commit: no transaction waits on the signature.
         return self._tokens(user, session, successor, now)
 
     async def _turned_down(
-        self, conn: Connection, token_hash: str, client: ClientInfo, now: datetime
-    ) -> tuple[Session, User] | None:
+        self,
+        conn: Connection,
+        refresh_token: str,
+        token_hash: str,
+        client: ClientInfo,
+        now: datetime,
+    ) -> tuple[Session, User, str] | None:
         """Why `rotate` found no live token: raise the error to answer with, or return the
-        session and user of a retry (the successor is the same), or None for reuse (the
-        session has then been revoked in `conn`)."""
+        session, user and successor of a retry, or None for reuse (the session has then been
+        revoked in `conn`)."""
         found = await session_store.find_refresh_token(conn, token_hash)
         if found is None:
             raise InvalidRefreshToken()
@@ -238,13 +245,15 @@ class SessionService:
             # Live after all: rotate's conditions are these checks, so only a change committed
             # between the two reads gets here. The client tries again, as after a lost answer.
             raise InvalidRefreshToken()
-        is_retry = (
-            found.successor is not None
-            and found.successor.rotated_at is None
-            and now - rotated_at <= self._grace
-        )
-        if is_retry:
-            return session, user
+        stored = found.successor
+        if stored is not None and stored.rotated_at is None and now - rotated_at <= self._grace:
+            # The same successor as the first answer: derived with the shared secret, or, when
+            # the previous release rotated it during a rolling deploy, with the session's key.
+            for key in (self.rotation_secret, session.rotation_key):
+                successor = opaque_tokens.derive_successor(key, refresh_token)
+                if opaque_tokens.hash_token(successor) == stored.token_hash:
+                    return session, user, successor
+            raise InvalidRefreshToken()  # from neither key: there is no answer to repeat
         await self._revoke_for_reuse(conn, session, client, now)
         return None
 

@@ -230,7 +230,9 @@ async def prune_before(conn: Connection, before: datetime) -> int:
     first_kept = (
         await conn.execute(
             select(audit_events.c.seq, audit_events.c.prev_hash)
-            .where(audit_events.c.occurred_at >= before)
+            # Sealed ones only: events written since the caller sealed join the chain later,
+            # after the head, so no prune of the chain so far can reach them.
+            .where(audit_events.c.occurred_at >= before, audit_events.c.seq.is_not(None))
             .order_by(audit_events.c.seq)
             .limit(1)
         )

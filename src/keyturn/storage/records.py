@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -33,7 +33,9 @@ class User:
 class Session:
     id: str
     user_id: str
-    rotation_key: bytes  # unused since revision 0003 (see schema.sessions)
+    # Unused since revision 0003 but for a retry after the previous release (see schema.sessions);
+    # for the sessions this release creates, the shared secret: kept out of any repr.
+    rotation_key: bytes = field(repr=False)
     created_at: datetime
     authenticated_at: datetime
     last_seen_at: datetime

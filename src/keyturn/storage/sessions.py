@@ -13,10 +13,12 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     delete,
     func,
     insert,
     null,
+    or_,
     select,
     update,
 )
@@ -43,6 +45,16 @@ _SESSION_AND_USER = (
     .join_from(sessions, users, sessions.c.user_id == users.c.id)
     .where(sessions.c.id == bindparam("b_id"))
 )
+
+
+def _no_later_than(end: ColumnElement[datetime]) -> ColumnElement[datetime]:
+    """`purge_after` for a session whose end becomes `end`: unchanged unless that is earlier
+    (a lower KEYTURN_SESSION_IDLE_TTL), so on PostgreSQL the update stays HOT."""
+    purge_after = sessions.c.purge_after
+    return case((or_(purge_after.is_(None), purge_after > end), end), else_=purge_after)
+
+
+_ENDS_AT = bindparam("b_ends_at", type_=sessions.c.ends_at.type)
 _TOUCH = (
     update(sessions)
     .where(
@@ -50,7 +62,7 @@ _TOUCH = (
         sessions.c.revoked_at.is_(None),
         sessions.c.last_seen_at <= bindparam("b_not_since"),
     )
-    .values(last_seen_at=bindparam("b_now"), ends_at=bindparam("b_ends_at"))
+    .values(last_seen_at=bindparam("b_now"), ends_at=_ENDS_AT, purge_after=_no_later_than(_ENDS_AT))
 )
 _TOKEN_SESSION_AND_USER = (
     select(*_TOKEN_COLUMNS, *_SESSION_COLUMNS, users)
@@ -83,51 +95,59 @@ _ROTATE_COLUMNS = (
 # SQLite returns no joined columns.
 _LIVE_CLAIM_SQLITE = _LIVE_CLAIM.returning(*_ROTATE_COLUMNS)
 # PostgreSQL: the whole rotation as one statement, so in autocommit one round trip (BEGIN,
-# six statements and COMMIT before). Every part reads the claim, so when it finds nothing,
-# nothing is written.
+# six statements and COMMIT before). The claim does not lock the session row: the idle restart
+# does, and it finds the session revoked if a revocation committed meanwhile. The successor,
+# the event and the answer all hang on that restart, so a refresh that loses to a revocation
+# writes and returns nothing (its claim alone is kept: the token is spent, the session over).
 _LIVE = _LIVE_CLAIM.returning(*_ROTATE_COLUMNS, *_SESSION_COLUMNS, users).cte("live")
+_NEW_END = func.least(sessions.c.expires_at, bindparam("b_idle_ends_at"))
+_TOUCHED = (
+    update(sessions)
+    .where(sessions.c.id == _LIVE.c.s_id, sessions.c.revoked_at.is_(None))
+    .values(last_seen_at=bindparam("b_now"), ends_at=_NEW_END, purge_after=_no_later_than(_NEW_END))
+    .returning(sessions.c.id)
+    .cte("touched")
+)
+_LIVE_AND_TOUCHED = _LIVE.join(_TOUCHED, _TOUCHED.c.id == _LIVE.c.s_id)
 
 
 def _bind(name: str, like: Any) -> Any:
     return bindparam(name, type_=like.type)
 
 
-_ROTATE = select(_LIVE).add_cte(
-    insert(refresh_tokens)
-    .from_select(
-        ["id", "session_id", "token_hash", "generation", "created_at", "rotated_at"],
-        select(
-            _bind("b_new_id", refresh_tokens.c.id),
-            _LIVE.c.session_id,
-            _bind("b_new_hash", refresh_tokens.c.token_hash),
-            _LIVE.c.generation + bindparam("b_one", 1, type_=Integer),
-            _bind("b_now", refresh_tokens.c.created_at),
-            null(),
-        ),
+_ROTATE = (
+    select(_LIVE)
+    .select_from(_LIVE_AND_TOUCHED)
+    .add_cte(
+        insert(refresh_tokens)
+        .from_select(
+            ["id", "session_id", "token_hash", "generation", "created_at", "rotated_at"],
+            select(
+                _bind("b_new_id", refresh_tokens.c.id),
+                _LIVE.c.session_id,
+                _bind("b_new_hash", refresh_tokens.c.token_hash),
+                _LIVE.c.generation + bindparam("b_one", 1, type_=Integer),
+                _bind("b_now", refresh_tokens.c.created_at),
+                null(),
+            ).select_from(_LIVE_AND_TOUCHED),
+        )
+        .cte("successor"),
+        insert(audit_events)
+        .from_select(
+            ["id", "type", "occurred_at", "user_id", "session_id", "ip", "user_agent", "detail"],
+            select(
+                _bind("e_id", audit_events.c.id),
+                _bind("e_type", audit_events.c.type),
+                _bind("b_now", audit_events.c.occurred_at),
+                _LIVE.c.s_user_id,
+                _LIVE.c.s_id,
+                _bind("e_ip", audit_events.c.ip),
+                _bind("e_user_agent", audit_events.c.user_agent),
+                _bind("e_detail", audit_events.c.detail),
+            ).select_from(_LIVE_AND_TOUCHED),
+        )
+        .cte("logged"),
     )
-    .cte("successor"),
-    update(sessions)
-    .where(sessions.c.id == _LIVE.c.s_id, sessions.c.revoked_at.is_(None))
-    .values(
-        last_seen_at=bindparam("b_now"),
-        ends_at=func.least(sessions.c.expires_at, bindparam("b_idle_ends_at")),
-    )
-    .cte("touched"),
-    insert(audit_events)
-    .from_select(
-        ["id", "type", "occurred_at", "user_id", "session_id", "ip", "user_agent", "detail"],
-        select(
-            _bind("e_id", audit_events.c.id),
-            _bind("e_type", audit_events.c.type),
-            _bind("b_now", audit_events.c.occurred_at),
-            _LIVE.c.s_user_id,
-            _LIVE.c.s_id,
-            _bind("e_ip", audit_events.c.ip),
-            _bind("e_user_agent", audit_events.c.user_agent),
-            _bind("e_detail", audit_events.c.detail),
-        ),
-    )
-    .cte("logged"),
 )
 _SUCCESSOR = select(refresh_tokens).where(
     refresh_tokens.c.session_id == bindparam("b_session_id"),
