@@ -193,18 +193,23 @@ print(host, server)
 """
 
 
-def test_the_server_freezes_what_start_up_built_and_a_host_app_does_not(tmp_path: Path) -> None:
+def _probe(tmp_path: Path, code: str) -> str:
+    """What `code` prints, run by a new interpreter on a migrated database of its own."""
     env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'keyturn.db'}")
     assert _cli("migrate", env=env).returncode == 0
     probe = subprocess.run(
-        [sys.executable, "-c", _FREEZE_PROBE],
+        [sys.executable, "-c", code],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    host, server = map(int, probe.stdout.split())
+    return probe.stdout
+
+
+def test_the_server_freezes_what_start_up_built_and_a_host_app_does_not(tmp_path: Path) -> None:
+    host, server = map(int, _probe(tmp_path, _FREEZE_PROBE).split())
     assert host == 0
     assert server > 10_000  # the app, its models and statements: ~135k objects
 
@@ -229,14 +234,4 @@ print("alembic" in sys.modules)
 def test_the_serving_process_never_loads_alembic(tmp_path: Path) -> None:
     """`keyturn serve` migrates in a child process: Alembic is 11 MiB of the 150 the server
     may use, and serving, readiness included, needs none of it."""
-    env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'keyturn.db'}")
-    assert _cli("migrate", env=env).returncode == 0
-    probe = subprocess.run(
-        [sys.executable, "-c", _ALEMBIC_PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert probe.stdout.strip() == "False"
+    assert _probe(tmp_path, _ALEMBIC_PROBE).strip() == "False"
