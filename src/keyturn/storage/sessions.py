@@ -70,21 +70,14 @@ _TOKEN_SESSION_AND_USER = (
     .join(users, sessions.c.user_id == users.c.id)
     .where(refresh_tokens.c.token_hash == bindparam("b_hash"))
 )
-# A refresh's common case: the token is live, and so are its session and user. Only then does
-# the claim mark it rotated, unless someone already has: the race arbiter (on PostgreSQL a
-# concurrent claimer waits on the row lock, then sees `rotated_at` set; on SQLite the write
-# lock serializes them). Anything else is left for `find_refresh_token` to tell apart.
-_LIVE_CLAIM = (
+# A refresh's common case: the token is live, and so are its session and user; the claim
+# marks it rotated unless someone already has: the race arbiter (on PostgreSQL a concurrent
+# claimer waits on the row lock, then sees `rotated_at` set; on SQLite the write lock
+# serializes them). Anything else is left for `find_refresh_token` to tell apart.
+_CLAIM = (
     update(refresh_tokens)
     .where(
-        refresh_tokens.c.token_hash == bindparam("b_hash"),
-        refresh_tokens.c.rotated_at.is_(None),
-        sessions.c.id == refresh_tokens.c.session_id,
-        sessions.c.revoked_at.is_(None),
-        sessions.c.ends_at > bindparam("b_now"),
-        users.c.id == sessions.c.user_id,
-        users.c.is_disabled.is_(False),
-        users.c.deleted_at.is_(None),
+        refresh_tokens.c.token_hash == bindparam("b_hash"), refresh_tokens.c.rotated_at.is_(None)
     )
     .values(rotated_at=bindparam("b_now"))
 )
@@ -92,14 +85,38 @@ _ROTATE_COLUMNS = (
     refresh_tokens.c.generation,
     refresh_tokens.c.session_id,
 )
-# SQLite returns no joined columns.
-_LIVE_CLAIM_SQLITE = _LIVE_CLAIM.returning(*_ROTATE_COLUMNS)
+# SQLite: claimed only when session and user are live (its planner starts from the token's
+# unique index); it returns no joined columns.
+_LIVE_CLAIM_SQLITE = _CLAIM.where(
+    sessions.c.id == refresh_tokens.c.session_id,
+    sessions.c.revoked_at.is_(None),
+    sessions.c.ends_at > bindparam("b_now"),
+    users.c.id == sessions.c.user_id,
+    users.c.is_disabled.is_(False),
+    users.c.deleted_at.is_(None),
+).returning(*_ROTATE_COLUMNS)
 # PostgreSQL: the whole rotation as one statement, so in autocommit one round trip (BEGIN,
-# six statements and COMMIT before). The claim does not lock the session row: the idle restart
-# does, and it finds the session revoked if a revocation committed meanwhile. The successor,
-# the event and the answer all hang on that restart, so a refresh that loses to a revocation
-# writes and returns nothing (its claim alone is kept: the token is spent, the session over).
-_LIVE = _LIVE_CLAIM.returning(*_ROTATE_COLUMNS, *_SESSION_COLUMNS, users).cte("live")
+# six statements and COMMIT before).
+# - The claim looks at the token alone. Joined to the session and user inside the UPDATE, a
+#   planner without statistics yet (a new database) walked every user and each one's sessions
+#   per refresh (three times the database's CPU with 64 users). A token of an ended session
+#   is spent this way without an answer; `find_refresh_token` then answers from the session.
+# - The claim does not lock the session row: the idle restart does, and it finds the session
+#   revoked if a revocation committed meanwhile. The successor, the event and the answer all
+#   hang on that restart, so a refresh that loses to a revocation writes and returns nothing.
+_CLAIMED = _CLAIM.returning(*_ROTATE_COLUMNS).cte("claimed")
+_LIVE = (
+    select(_CLAIMED.c.generation, _CLAIMED.c.session_id, *_SESSION_COLUMNS, users)
+    .join_from(_CLAIMED, sessions, sessions.c.id == _CLAIMED.c.session_id)
+    .join(users, users.c.id == sessions.c.user_id)
+    .where(
+        sessions.c.revoked_at.is_(None),
+        sessions.c.ends_at > bindparam("b_now"),
+        users.c.is_disabled.is_(False),
+        users.c.deleted_at.is_(None),
+    )
+    .cte("live")
+)
 _NEW_END = func.least(sessions.c.expires_at, bindparam("b_idle_ends_at"))
 _TOUCHED = (
     update(sessions)
