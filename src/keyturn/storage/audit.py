@@ -115,6 +115,11 @@ async def _lock_chain(conn: Connection) -> AnyRow:
     return row
 
 
+def encode_detail(detail: dict[str, Any]) -> str:
+    """An event's `detail` as stored (the chain hashes it parsed, in canonical form)."""
+    return json.dumps(detail, sort_keys=True)
+
+
 async def append_events(conn: Connection, events: list[dict[str, Any]]) -> list[str]:
     """Write events inside the caller's transaction, so a change and its event commit together
     (or neither does); their ids. `seal_pending` chains them once committed."""
@@ -128,7 +133,7 @@ async def append_events(conn: Connection, events: list[dict[str, Any]]) -> list[
             "seq": None,
             "prev_hash": None,
             "hash": None,
-            "detail": json.dumps(event["detail"], sort_keys=True),
+            "detail": encode_detail(event["detail"]),
         }
         for event_id, event in zip(ids, events, strict=True)
     ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -26,7 +25,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn.ids import new_id
-from keyturn.storage.audit import append_events
+from keyturn.storage.audit import append_events, encode_detail
 from keyturn.storage.database import Connection
 from keyturn.storage.records import AnyRow, RefreshToken, Session, User
 from keyturn.storage.schema import audit_events, refresh_tokens, sessions, users
@@ -85,15 +84,19 @@ _ROTATE_COLUMNS = (
     refresh_tokens.c.generation,
     refresh_tokens.c.session_id,
 )
+# A session and its user that a refresh may rotate a token of.
+_LIVE_SESSION_AND_USER = (
+    sessions.c.revoked_at.is_(None),
+    sessions.c.ends_at > bindparam("b_now"),
+    users.c.is_disabled.is_(False),
+    users.c.deleted_at.is_(None),
+)
 # SQLite: claimed only when session and user are live (its planner starts from the token's
 # unique index); it returns no joined columns.
 _LIVE_CLAIM_SQLITE = _CLAIM.where(
     sessions.c.id == refresh_tokens.c.session_id,
-    sessions.c.revoked_at.is_(None),
-    sessions.c.ends_at > bindparam("b_now"),
     users.c.id == sessions.c.user_id,
-    users.c.is_disabled.is_(False),
-    users.c.deleted_at.is_(None),
+    *_LIVE_SESSION_AND_USER,
 ).returning(*_ROTATE_COLUMNS)
 # PostgreSQL: the whole rotation as one statement, so in autocommit one round trip (BEGIN,
 # six statements and COMMIT before).
@@ -109,12 +112,7 @@ _LIVE = (
     select(_CLAIMED.c.generation, _CLAIMED.c.session_id, *_SESSION_COLUMNS, users)
     .join_from(_CLAIMED, sessions, sessions.c.id == _CLAIMED.c.session_id)
     .join(users, users.c.id == sessions.c.user_id)
-    .where(
-        sessions.c.revoked_at.is_(None),
-        sessions.c.ends_at > bindparam("b_now"),
-        users.c.is_disabled.is_(False),
-        users.c.deleted_at.is_(None),
-    )
+    .where(*_LIVE_SESSION_AND_USER)
     .cte("live")
 )
 _NEW_END = func.least(sessions.c.expires_at, bindparam("b_idle_ends_at"))
@@ -219,18 +217,12 @@ async def insert_session(
 
 
 async def insert_refresh_token(
-    conn: Connection,
-    session_id: str,
-    token_hash: str,
-    *,
-    generation: int,
-    now: datetime,
-    id: str | None = None,
+    conn: Connection, session_id: str, token_hash: str, *, generation: int, now: datetime
 ) -> None:
     await conn.execute(
         _INSERT_TOKEN,
         {
-            "id": id or new_id(),
+            "id": new_id(),
             "session_id": session_id,
             "token_hash": token_hash,
             "generation": generation,
@@ -291,21 +283,20 @@ async def rotate(
     token waits on its row lock, then finds it rotated and gets None.
     """
     claim = {"b_hash": token_hash, "b_now": now}
-    successor_id = new_id()
     if conn.dialect.name == "postgresql":
         row = (
             await conn.execute(
                 _ROTATE,
                 {
                     **claim,
-                    "b_new_id": successor_id,
+                    "b_new_id": new_id(),
                     "b_new_hash": successor_hash,
                     "b_idle_ends_at": idle_ends_at,
                     "e_id": new_id(),
                     "e_type": event["type"],
                     "e_ip": event["ip"],
                     "e_user_agent": event["user_agent"],
-                    "e_detail": json.dumps(event["detail"], sort_keys=True),
+                    "e_detail": encode_detail(event["detail"]),
                 },
             )
         ).first()
@@ -321,14 +312,7 @@ async def rotate(
     if found is None:  # the claim joined them: they exist in this transaction
         raise RuntimeError("claimed refresh token without its session")
     session, user = found
-    await insert_refresh_token(
-        conn,
-        session_id,
-        successor_hash,
-        generation=generation + 1,
-        now=now,
-        id=successor_id,
-    )
+    await insert_refresh_token(conn, session_id, successor_hash, generation=generation + 1, now=now)
     await touch_session(
         conn,
         session_id,
