@@ -100,69 +100,64 @@ _LIVE_CLAIM_SQLITE = _CLAIM.where(
 ).returning(*_ROTATE_COLUMNS)
 # PostgreSQL: the whole rotation as one statement, so in autocommit one round trip (BEGIN,
 # six statements and COMMIT before).
-# - The claim looks at the token alone. Joined to the session and user inside the UPDATE, a
-#   planner without statistics yet (a new database) walked every user and each one's sessions
-#   per refresh (three times the database's CPU with 64 users). A token of an ended session
-#   is spent this way without an answer; `find_refresh_token` then answers from the session.
+# - Each step finds its one row by key, from a value the step before returned (a scalar
+#   subquery): the planner cannot turn that around. Written as joins, a planner without
+#   statistics yet (a new database) started from the users and walked every session (about 200
+#   buffers per refresh, and more as dead row versions piled up).
+# - The claim looks at the token alone. A token of an ended session is spent this way without
+#   an answer; `find_refresh_token` then answers from the session.
 # - The claim does not lock the session row: the idle restart does, and it finds the session
-#   revoked if a revocation committed meanwhile. The successor, the event and the answer all
-#   hang on that restart, so a refresh that loses to a revocation writes and returns nothing.
+#   revoked if a revocation committed meanwhile (PostgreSQL re-checks the row it waited for).
+#   The successor, the event and the answer all hang on that restart, so a refresh that loses
+#   to a revocation writes and returns nothing.
 _CLAIMED = _CLAIM.returning(*_ROTATE_COLUMNS).cte("claimed")
-_LIVE = (
-    select(_CLAIMED.c.generation, _CLAIMED.c.session_id, *_SESSION_COLUMNS, users)
-    .join_from(_CLAIMED, sessions, sessions.c.id == _CLAIMED.c.session_id)
-    .join(users, users.c.id == sessions.c.user_id)
-    .where(*_LIVE_SESSION_AND_USER)
-    .cte("live")
-)
 _NEW_END = func.least(sessions.c.expires_at, bindparam("b_idle_ends_at"))
 _TOUCHED = (
     update(sessions)
-    .where(sessions.c.id == _LIVE.c.s_id, sessions.c.revoked_at.is_(None))
+    .where(
+        sessions.c.id == select(_CLAIMED.c.session_id).scalar_subquery(),
+        users.c.id == sessions.c.user_id,
+        *_LIVE_SESSION_AND_USER,
+    )
     .values(last_seen_at=bindparam("b_now"), ends_at=_NEW_END, purge_after=_no_later_than(_NEW_END))
-    .returning(sessions.c.id)
+    .returning(*_SESSION_COLUMNS, users)
     .cte("touched")
 )
-_LIVE_AND_TOUCHED = _LIVE.join(_TOUCHED, _TOUCHED.c.id == _LIVE.c.s_id)
 
 
 def _bind(name: str, like: Any) -> Any:
     return bindparam(name, type_=like.type)
 
 
-_ROTATE = (
-    select(_LIVE)
-    .select_from(_LIVE_AND_TOUCHED)
-    .add_cte(
-        insert(refresh_tokens)
-        .from_select(
-            ["id", "session_id", "token_hash", "generation", "created_at", "rotated_at"],
-            select(
-                _bind("b_new_id", refresh_tokens.c.id),
-                _LIVE.c.session_id,
-                _bind("b_new_hash", refresh_tokens.c.token_hash),
-                _LIVE.c.generation + bindparam("b_one", 1, type_=Integer),
-                _bind("b_now", refresh_tokens.c.created_at),
-                null(),
-            ).select_from(_LIVE_AND_TOUCHED),
-        )
-        .cte("successor"),
-        insert(audit_events)
-        .from_select(
-            ["id", "type", "occurred_at", "user_id", "session_id", "ip", "user_agent", "detail"],
-            select(
-                _bind("e_id", audit_events.c.id),
-                _bind("e_type", audit_events.c.type),
-                _bind("b_now", audit_events.c.occurred_at),
-                _LIVE.c.s_user_id,
-                _LIVE.c.s_id,
-                _bind("e_ip", audit_events.c.ip),
-                _bind("e_user_agent", audit_events.c.user_agent),
-                _bind("e_detail", audit_events.c.detail),
-            ).select_from(_LIVE_AND_TOUCHED),
-        )
-        .cte("logged"),
+_ROTATE = select(_TOUCHED).add_cte(
+    insert(refresh_tokens)
+    .from_select(
+        ["id", "session_id", "token_hash", "generation", "created_at", "rotated_at"],
+        select(
+            _bind("b_new_id", refresh_tokens.c.id),
+            _TOUCHED.c.s_id,
+            _bind("b_new_hash", refresh_tokens.c.token_hash),
+            select(_CLAIMED.c.generation).scalar_subquery() + bindparam("b_one", 1, type_=Integer),
+            _bind("b_now", refresh_tokens.c.created_at),
+            null(),
+        ),
     )
+    .cte("successor"),
+    insert(audit_events)
+    .from_select(
+        ["id", "type", "occurred_at", "user_id", "session_id", "ip", "user_agent", "detail"],
+        select(
+            _bind("e_id", audit_events.c.id),
+            _bind("e_type", audit_events.c.type),
+            _bind("b_now", audit_events.c.occurred_at),
+            _TOUCHED.c.s_user_id,
+            _TOUCHED.c.s_id,
+            _bind("e_ip", audit_events.c.ip),
+            _bind("e_user_agent", audit_events.c.user_agent),
+            _bind("e_detail", audit_events.c.detail),
+        ),
+    )
+    .cte("logged"),
 )
 _SUCCESSOR = select(refresh_tokens).where(
     refresh_tokens.c.session_id == bindparam("b_session_id"),
@@ -302,8 +297,7 @@ async def rotate(
         ).first()
         if row is None:
             return None
-        start = len(_ROTATE_COLUMNS)
-        return _session(row, start), user_from_row(row, start + _SESSION_WIDTH)
+        return _session(row), user_from_row(row, _SESSION_WIDTH)
     won = (await conn.execute(_LIVE_CLAIM_SQLITE, claim)).first()
     if won is None:
         return None
