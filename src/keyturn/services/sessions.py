@@ -25,6 +25,7 @@ from keyturn.services.keys import KeyService
 from keyturn.storage import audit as audit_store
 from keyturn.storage import keys as key_store
 from keyturn.storage import sessions as session_store
+from keyturn.storage.batching import TurnBatch
 from keyturn.storage.database import Connection, Database
 from keyturn.storage.records import Session, User
 from keyturn.storage.session_lookup import SessionLookup
@@ -80,6 +81,8 @@ class SessionService:
         self._touch = timedelta(seconds=settings.session_touch_interval)
         self._grace = timedelta(seconds=settings.refresh_reuse_grace)
         self._rotation_secret: bytes | None = None
+        # PostgreSQL: the refreshes of one turn of the event loop rotate in one statement.
+        self._rotations = TurnBatch(self._rotate_many) if database.postgres is not None else None
 
     async def load_secrets(self) -> None:
         """Read the refresh-rotation secret every instance shares (at start-up)."""
@@ -196,16 +199,21 @@ class SessionService:
         # Known before the database is asked: the same token always has the same successor.
         successor = opaque_tokens.derive_successor(self.rotation_secret, refresh_token)
         now = self.clock()
-        rotated = await self.database.write_one(
-            lambda conn: session_store.rotate(
-                conn,
-                token_hash=token_hash,
-                successor_hash=opaque_tokens.hash_token(successor),
-                now=now,
-                idle_ends_at=now + self._idle,
-                event=event(EventType.SESSION_REFRESHED, now=now, client=client),
-            )
+        rotation = session_store.Rotation(
+            token_hash=token_hash,
+            successor_hash=opaque_tokens.hash_token(successor),
+            now=now,
+            idle_ends_at=now + self._idle,
+            event=event(EventType.SESSION_REFRESHED, now=now, client=client),
         )
+        if self._rotations is not None:
+            # The same token twice in one batch shares one answer: the same successor, as a
+            # retry within the grace period gets.
+            rotated = await self._rotations.submit(token_hash, rotation)
+        else:
+            rotated = await self.database.write_one(
+                lambda conn: session_store.rotate(conn, rotation)
+            )
         if rotated is None:
             async with self.database.write() as conn:
                 retried = await self._turned_down(conn, refresh_token, token_hash, client, now)
@@ -217,6 +225,11 @@ class SessionService:
             session, user = rotated
         # Signed after the commit: no transaction waits on the signature.
         return self._tokens(user, session, successor, now)
+
+    async def _rotate_many(
+        self, rotations: dict[str, session_store.Rotation]
+    ) -> dict[str, tuple[Session, User]]:
+        return await session_store.rotate_many(self.database, list(rotations.values()))
 
     async def _turned_down(
         self,

@@ -276,6 +276,15 @@ class Database:
         async with translate_errors():
             return await self.postgres.run(lambda raw: work(AsyncpgConnection(raw)))
 
+    async def fetch_sql(self, sql: str, *args: Any) -> list[Any]:
+        """PostgreSQL: one statement written in SQL (a batch, with array parameters) in
+        autocommit, as `write_one` runs its work: a connection found dead is replaced and the
+        statement run once more, so it must be safe to repeat."""
+        if self.postgres is None:
+            raise RuntimeError("fetch_sql is for PostgreSQL")
+        async with translate_errors():
+            return await self.postgres.run(lambda raw: AsyncpgConnection(raw).fetch_sql(sql, *args))
+
     def loop_reader(self) -> sqlite3.Connection:
         """SQLite: the one read-only connection used on the event loop (the session look-up,
         point reads). WAL readers do not wait for the writer; with a 50 ms busy timeout the

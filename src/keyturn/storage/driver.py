@@ -218,6 +218,14 @@ class AsyncpgConnection:
             raise _translate_asyncpg(error, plan.sql) from error
         return cast(CursorResult[Any], result)
 
+    async def fetch_sql(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """A statement written in SQL (a batch with array parameters): asyncpg's records."""
+        try:
+            records: list[asyncpg.Record] = await self._raw.fetch(sql, *args)
+        except (asyncpg.PostgresError, *LOST) as error:
+            raise _translate_asyncpg(error, sql) from error
+        return records
+
     async def exec_driver_sql(self, statement: str, /) -> CursorResult[Any]:
         try:
             await self._raw.execute(statement)

@@ -7,20 +7,22 @@ writer, and a rare busy answer falls back to the ordinary async path. PostgreSQL
 statement on a small set of plain asyncpg connections, in autocommit, is one round trip
 instead of three (BEGIN, SELECT, ROLLBACK), without SQLAlchemy's per-statement work or
 asyncpg's pool bookkeeping; and the look-ups that requests make in the same turn of the event
-loop share that round trip (one `= ANY($1)` query), as a DataLoader batches. Each request's
-look-up still starts after the request arrived, so a revocation committed before it is seen.
+loop share that round trip (one `= ANY($1)` query; storage/batching.py), as a DataLoader
+batches. Each request's look-up still starts after the request arrived, so a revocation
+committed before it is seen.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Table
 
 from keyturn.storage import sessions as session_store
+from keyturn.storage.batching import TurnBatch
 from keyturn.storage.database import Database
 from keyturn.storage.postgres import Connections
 from keyturn.storage.records import Session, User
@@ -53,9 +55,6 @@ def _select(*, epoch_us: bool) -> str:
 
 _SQLITE_SELECT = _select(epoch_us=False) + "= ?"
 _POSTGRES_SELECT = _select(epoch_us=True) + "= ANY($1::varchar[])"
-# A follower's answer when the look-up it joined was abandoned (its leader's request was
-# cancelled): it looks up again itself.
-_AGAIN = object()
 _SESSION_FIELDS = len(sessions.c)
 _MEMO_LIMIT = 10_000
 
@@ -116,8 +115,9 @@ class SessionLookup:
         # which moves whenever any other connection, in any process, commits).
         self._version: int | None = None
         self._unchanged: dict[str, tuple[Session, User]] = {}
-        # PostgreSQL: the look-up gathering in this turn of the event loop, by session id.
-        self._gathering: dict[str, list[asyncio.Future[Any]]] | None = None
+        # PostgreSQL: the look-ups of one turn of the event loop share one query.
+        connections = database.postgres
+        self._batch = None if connections is None else TurnBatch(partial(self._fetch, connections))
 
     async def find(self, session_id: str) -> tuple[Session, User] | None:
         if self.database.dialect == "sqlite":
@@ -125,8 +125,8 @@ class SessionLookup:
                 return self._find_sqlite(session_id)
             except sqlite3.Error:
                 pass  # busy or odd: the async path below waits properly
-        elif self.database.postgres is not None:
-            return await self._find_postgresql(self.database.postgres, session_id)
+        elif self._batch is not None:
+            return await self._batch.submit(session_id, session_id)
         async with self.database.read() as conn:
             return await session_store.get_session_and_user(conn, session_id)
 
@@ -151,40 +151,13 @@ class SessionLookup:
             self._unchanged[session_id] = found
         return found
 
-    async def _find_postgresql(
-        self, connections: Connections, session_id: str
-    ) -> tuple[Session, User] | None:
-        gathering = self._gathering
-        if gathering is not None:  # another request's look-up is gathering: join it
-            waiter = asyncio.get_running_loop().create_future()
-            gathering.setdefault(session_id, []).append(waiter)
-            found = await waiter
-            if found is _AGAIN:
-                return await self._find_postgresql(connections, session_id)
-            return found  # type: ignore[no-any-return]
-        gathering = self._gathering = {session_id: []}
-        try:
-            try:
-                await asyncio.sleep(0)  # the requests of this turn of the loop join
-            finally:
-                self._gathering = None
-            fetched = await connections.fetch(_POSTGRES_SELECT, list(gathering))
-        except asyncio.CancelledError:
-            for waiters in gathering.values():
-                _answer(waiters, _AGAIN)
-            raise
-        except Exception as error:
-            for waiters in gathering.values():
-                _answer(waiters, error=error)
-            raise
+    async def _fetch(
+        self, connections: Connections, ids: dict[str, str]
+    ) -> dict[str, tuple[Session, User] | None]:
+        """One query for the look-ups of a turn of the loop (see storage/batching.py)."""
+        fetched = await connections.fetch(_POSTGRES_SELECT, list(ids))
         rows = {row[0]: tuple(row) for row in fetched}
-        mine: tuple[Session, User] | None = None
-        for sid, waiters in gathering.items():
-            found = self._remember(sid, rows.get(sid), _pg_time)
-            _answer(waiters, found)
-            if sid == session_id:
-                mine = found
-        return mine
+        return {sid: self._remember(sid, rows.get(sid), _pg_time) for sid in ids}
 
     def _remember(
         self, session_id: str, row: tuple[Any, ...] | None, time: Any
@@ -200,15 +173,3 @@ class SessionLookup:
             self._built.clear()
         self._built[session_id] = (row, records)
         return records
-
-
-def _answer(
-    waiters: list[asyncio.Future[Any]], found: Any = None, *, error: Exception | None = None
-) -> None:
-    for waiter in waiters:
-        if waiter.done():  # that follower's own request was cancelled
-            continue
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(found)

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    Integer,
     String,
+    Table,
     and_,
     any_,
     bindparam,
@@ -16,7 +16,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    null,
     or_,
     select,
     update,
@@ -26,9 +25,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn.ids import new_id
 from keyturn.storage.audit import append_events, encode_detail
-from keyturn.storage.database import Connection
+from keyturn.storage.database import Connection, Database
 from keyturn.storage.records import AnyRow, RefreshToken, Session, User
-from keyturn.storage.schema import audit_events, refresh_tokens, sessions, users
+from keyturn.storage.schema import refresh_tokens, sessions, users
 from keyturn.storage.users import user_from_row
 
 _SESSION_COLUMNS = [c.label(f"s_{c.name}") for c in sessions.c]
@@ -69,95 +68,24 @@ _TOKEN_SESSION_AND_USER = (
     .join(users, sessions.c.user_id == users.c.id)
     .where(refresh_tokens.c.token_hash == bindparam("b_hash"))
 )
-# A refresh's common case: the token is live, and so are its session and user; the claim
-# marks it rotated unless someone already has: the race arbiter (on PostgreSQL a concurrent
-# claimer waits on the row lock, then sees `rotated_at` set; on SQLite the write lock
-# serializes them). Anything else is left for `find_refresh_token` to tell apart.
-_CLAIM = (
+# SQLite's claim: the token is live, and so are its session and user (its planner starts from
+# the token's unique index). It marks the token rotated unless someone already has: the race
+# arbiter (the write lock serializes claimers). Anything else is left for `find_refresh_token`
+# to tell apart. PostgreSQL's is part of `_ROTATE_MANY`, with the same conditions.
+_LIVE_CLAIM_SQLITE = (
     update(refresh_tokens)
     .where(
-        refresh_tokens.c.token_hash == bindparam("b_hash"), refresh_tokens.c.rotated_at.is_(None)
+        refresh_tokens.c.token_hash == bindparam("b_hash"),
+        refresh_tokens.c.rotated_at.is_(None),
+        sessions.c.id == refresh_tokens.c.session_id,
+        users.c.id == sessions.c.user_id,
+        sessions.c.revoked_at.is_(None),
+        sessions.c.ends_at > bindparam("b_now"),
+        users.c.is_disabled.is_(False),
+        users.c.deleted_at.is_(None),
     )
     .values(rotated_at=bindparam("b_now"))
-)
-_ROTATE_COLUMNS = (
-    refresh_tokens.c.generation,
-    refresh_tokens.c.session_id,
-)
-# A session and its user that a refresh may rotate a token of.
-_LIVE_SESSION_AND_USER = (
-    sessions.c.revoked_at.is_(None),
-    sessions.c.ends_at > bindparam("b_now"),
-    users.c.is_disabled.is_(False),
-    users.c.deleted_at.is_(None),
-)
-# SQLite: claimed only when session and user are live (its planner starts from the token's
-# unique index); it returns no joined columns.
-_LIVE_CLAIM_SQLITE = _CLAIM.where(
-    sessions.c.id == refresh_tokens.c.session_id,
-    users.c.id == sessions.c.user_id,
-    *_LIVE_SESSION_AND_USER,
-).returning(*_ROTATE_COLUMNS)
-# PostgreSQL: the whole rotation as one statement, so in autocommit one round trip (BEGIN,
-# six statements and COMMIT before).
-# - Each step finds its one row by key, from a value the step before returned (a scalar
-#   subquery): the planner cannot turn that around. Written as joins, a planner without
-#   statistics yet (a new database) started from the users and walked every session (about 200
-#   buffers per refresh, and more as dead row versions piled up).
-# - The claim looks at the token alone. A token of an ended session is spent this way without
-#   an answer; `find_refresh_token` then answers from the session.
-# - The claim does not lock the session row: the idle restart does, and it finds the session
-#   revoked if a revocation committed meanwhile (PostgreSQL re-checks the row it waited for).
-#   The successor, the event and the answer all hang on that restart, so a refresh that loses
-#   to a revocation writes and returns nothing.
-_CLAIMED = _CLAIM.returning(*_ROTATE_COLUMNS).cte("claimed")
-_NEW_END = func.least(sessions.c.expires_at, bindparam("b_idle_ends_at"))
-_TOUCHED = (
-    update(sessions)
-    .where(
-        sessions.c.id == select(_CLAIMED.c.session_id).scalar_subquery(),
-        users.c.id == sessions.c.user_id,
-        *_LIVE_SESSION_AND_USER,
-    )
-    .values(last_seen_at=bindparam("b_now"), ends_at=_NEW_END, purge_after=_no_later_than(_NEW_END))
-    .returning(*_SESSION_COLUMNS, users)
-    .cte("touched")
-)
-
-
-def _bind(name: str, like: Any) -> Any:
-    return bindparam(name, type_=like.type)
-
-
-_ROTATE = select(_TOUCHED).add_cte(
-    insert(refresh_tokens)
-    .from_select(
-        ["id", "session_id", "token_hash", "generation", "created_at", "rotated_at"],
-        select(
-            _bind("b_new_id", refresh_tokens.c.id),
-            _TOUCHED.c.s_id,
-            _bind("b_new_hash", refresh_tokens.c.token_hash),
-            select(_CLAIMED.c.generation).scalar_subquery() + bindparam("b_one", 1, type_=Integer),
-            _bind("b_now", refresh_tokens.c.created_at),
-            null(),
-        ),
-    )
-    .cte("successor"),
-    insert(audit_events)
-    .from_select(
-        ["id", "type", "occurred_at", "user_id", "session_id", "ip", "user_agent", "detail"],
-        select(
-            _bind("e_id", audit_events.c.id),
-            _bind("e_type", audit_events.c.type),
-            _bind("b_now", audit_events.c.occurred_at),
-            _TOUCHED.c.s_user_id,
-            _TOUCHED.c.s_id,
-            _bind("e_ip", audit_events.c.ip),
-            _bind("e_user_agent", audit_events.c.user_agent),
-            _bind("e_detail", audit_events.c.detail),
-        ),
-    )
-    .cte("logged"),
+    .returning(refresh_tokens.c.generation, refresh_tokens.c.session_id)
 )
 _SUCCESSOR = select(refresh_tokens).where(
     refresh_tokens.c.session_id == bindparam("b_session_id"),
@@ -260,45 +188,26 @@ async def find_session_by_token_hash(conn: Connection, token_hash: str) -> Sessi
     return _session(row) if row else None
 
 
-async def rotate(
-    conn: Connection,
-    *,
-    token_hash: str,
-    successor_hash: str,
-    now: datetime,
-    idle_ends_at: datetime,
-    event: dict[str, Any],
-) -> tuple[Session, User] | None:
-    """A refresh's common case, whole: mark the live token rotated, store its successor, restart
-    the session's idle clock (never past its expiry) and write `event` for the session and its
-    user. The session and user as they were; None, with nothing written, when the token, its
-    session or its user is not live (`find_refresh_token` then tells why).
+class Rotation(NamedTuple):
+    """One refresh's rotation: the token presented, its successor, and the event to write."""
 
-    On PostgreSQL this is one statement (run it in autocommit); a concurrent claimer of the same
-    token waits on its row lock, then finds it rotated and gets None.
-    """
-    claim = {"b_hash": token_hash, "b_now": now}
-    if conn.dialect.name == "postgresql":
-        row = (
-            await conn.execute(
-                _ROTATE,
-                {
-                    **claim,
-                    "b_new_id": new_id(),
-                    "b_new_hash": successor_hash,
-                    "b_idle_ends_at": idle_ends_at,
-                    "e_id": new_id(),
-                    "e_type": event["type"],
-                    "e_ip": event["ip"],
-                    "e_user_agent": event["user_agent"],
-                    "e_detail": encode_detail(event["detail"]),
-                },
-            )
-        ).first()
-        if row is None:
-            return None
-        return _session(row), user_from_row(row, _SESSION_WIDTH)
-    won = (await conn.execute(_LIVE_CLAIM_SQLITE, claim)).first()
+    token_hash: str
+    successor_hash: str
+    now: datetime
+    idle_ends_at: datetime  # the session's end after this refresh, unless its expiry is sooner
+    event: dict[str, Any]  # see services.audit.event; the session and user are filled in
+
+
+async def rotate(conn: Connection, rotation: Rotation) -> tuple[Session, User] | None:
+    """A refresh's common case, whole (SQLite; PostgreSQL batches them, `rotate_many`): mark
+    the live token rotated, store its successor, restart the session's idle clock (never past
+    its expiry) and write the event for the session and its user. The session and user as they
+    were; None, with nothing written, when the token, its session or its user is not live
+    (`find_refresh_token` then tells why)."""
+    now = rotation.now
+    won = (
+        await conn.execute(_LIVE_CLAIM_SQLITE, {"b_hash": rotation.token_hash, "b_now": now})
+    ).first()
     if won is None:
         return None
     generation, session_id = won
@@ -306,16 +215,97 @@ async def rotate(
     if found is None:  # the claim joined them: they exist in this transaction
         raise RuntimeError("claimed refresh token without its session")
     session, user = found
-    await insert_refresh_token(conn, session_id, successor_hash, generation=generation + 1, now=now)
+    await insert_refresh_token(
+        conn, session_id, rotation.successor_hash, generation=generation + 1, now=now
+    )
     await touch_session(
         conn,
         session_id,
         now=now,
-        ends_at=min(session.expires_at, idle_ends_at),
+        ends_at=min(session.expires_at, rotation.idle_ends_at),
         not_since=now + timedelta(seconds=1),  # always: a refresh restarts the idle clock
     )
-    await append_events(conn, [{**event, "user_id": user.id, "session_id": session.id}])
+    await append_events(conn, [{**rotation.event, "user_id": user.id, "session_id": session.id}])
     return session, user
+
+
+def _as(alias: str, table: Table, prefix: str) -> str:
+    return ", ".join(f"{alias}.{c.name} AS {prefix}{c.name}" for c in table.c)
+
+
+def _from(alias: str, table: Table, prefix: str = "") -> str:
+    return ", ".join(f"{alias}.{prefix}{c.name}" for c in table.c)
+
+
+# PostgreSQL: the rotations of one turn of the event loop (storage/batching.py) as one
+# statement in autocommit, one round trip and one commit for all of them. Built from the
+# schema only, never from input: every value is an array parameter, one element per refresh.
+# - Each step reads the step before it and finds its rows by key: the claim by the token's
+#   unique index, the session by its primary key, the user (a correlated subquery, which the
+#   planner cannot turn into a join that starts from the users) by its primary key.
+# - The claim does not lock the session row: the idle restart does, and it finds the session
+#   revoked if a revocation committed meanwhile (PostgreSQL re-checks the row it waited for).
+#   The successor, the event and the answer hang on that restart, so a refresh that loses to
+#   a revocation writes and returns nothing (`find_refresh_token` then answers).
+# - A token of an ended session is spent by the claim without an answer; `find_refresh_token`
+#   answers from the session, before any reuse check.
+# - The connections that run it plan without sequential scans (storage/postgres.py).
+_ROTATE_MANY = f"""
+WITH input AS (
+  SELECT * FROM unnest($1::varchar[], $2::timestamptz[], $3::timestamptz[], $4::varchar[],
+                       $5::varchar[], $6::varchar[], $7::varchar[], $8::varchar[],
+                       $9::varchar[], $10::text[])
+    AS i(hash, now, idle_end, new_id, new_hash, e_id, e_type, ip, user_agent, detail)
+),
+claimed AS (
+  UPDATE refresh_tokens AS t SET rotated_at = i.now FROM input AS i
+  WHERE t.token_hash = i.hash AND t.rotated_at IS NULL
+  RETURNING t.generation, t.session_id, i.*
+),
+touched AS (
+  UPDATE sessions AS s SET last_seen_at = c.now, ends_at = least(s.expires_at, c.idle_end),
+    purge_after = least(s.purge_after, s.expires_at, c.idle_end)
+  FROM claimed AS c
+  WHERE s.id = c.session_id AND s.revoked_at IS NULL AND s.ends_at > c.now
+    AND (SELECT u.is_disabled IS false AND u.deleted_at IS NULL FROM users AS u
+         WHERE u.id = s.user_id)
+  RETURNING c.*, {_as("s", sessions, "s_")}
+),
+successor AS (
+  INSERT INTO refresh_tokens (id, session_id, token_hash, generation, created_at, rotated_at)
+  SELECT t.new_id, t.s_id, t.new_hash, t.generation + 1, t.now, NULL FROM touched AS t
+),
+logged AS (
+  INSERT INTO audit_events (id, type, occurred_at, user_id, session_id, ip, user_agent, detail)
+  SELECT t.e_id, t.e_type, t.now, t.s_user_id, t.s_id, t.ip, t.user_agent, t.detail
+  FROM touched AS t
+)
+SELECT t.hash, {_from("t", sessions, "s_")}, {_from("u", users)}
+FROM touched AS t JOIN users AS u ON u.id = t.s_user_id
+"""  # noqa: S608
+
+
+async def rotate_many(
+    database: Database, rotations: list[Rotation]
+) -> dict[str, tuple[Session, User]]:
+    """`rotate` for many tokens at once (PostgreSQL), each one alone as `rotate` would: the
+    session and user of each rotated token, by the token's hash; a token missing from the
+    answer was not live, and nothing was written for it. Safe to repeat: a repeat finds every
+    token already rotated."""
+    records = await database.fetch_sql(
+        _ROTATE_MANY,
+        [r.token_hash for r in rotations],
+        [r.now for r in rotations],
+        [r.idle_ends_at for r in rotations],
+        [new_id() for _ in rotations],
+        [r.successor_hash for r in rotations],
+        [new_id() for _ in rotations],
+        [r.event["type"] for r in rotations],
+        [r.event["ip"] for r in rotations],
+        [r.event["user_agent"] for r in rotations],
+        [encode_detail(r.event["detail"]) for r in rotations],
+    )
+    return {row[0]: (_session(row, 1), user_from_row(row, 1 + _SESSION_WIDTH)) for row in records}
 
 
 @dataclass(frozen=True, slots=True)

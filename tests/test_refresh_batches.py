@@ -1,0 +1,79 @@
+"""Refreshes that arrive together: each gets the answer it would get alone (SQLite and
+PostgreSQL), and on PostgreSQL the ones of one turn of the event loop share one statement."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from keyturn import Keyturn
+from keyturn.errors import InvalidRefreshToken, RefreshTokenReused
+from keyturn.services.context import ClientInfo
+from keyturn.storage import audit as audit_store
+from keyturn.storage.database import Database
+from tests.actions import bearer, register
+
+CLIENT = ClientInfo(ip="203.0.113.9", user_agent="batch-test")
+UNKNOWN = "unknown-token-unknown-token-unknown-token-0000"
+
+
+class _CountingStatements:
+    """The real `Database.fetch_sql`, counted (every statement still reaches PostgreSQL)."""
+
+    def __init__(self, database: Database) -> None:
+        self.real = database.fetch_sql
+        self.batches: list[int] = []
+
+    async def __call__(self, sql: str, *args: Any) -> list[Any]:
+        self.batches.append(len(args[0]))
+        return await self.real(sql, *args)
+
+
+async def _refresh_all(keyturn: Keyturn, tokens: list[str]) -> list[Any]:
+    return await asyncio.gather(
+        *(keyturn.sessions.refresh(token, CLIENT) for token in tokens), return_exceptions=True
+    )
+
+
+async def test_refreshes_made_together_each_get_their_own_answer(
+    keyturn: Keyturn, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    people = [await register(client, f"user{i}@example.com") for i in range(5)]
+    ended = people.pop()
+    assert (await client.post("/auth/logout", headers=bearer(ended))).status_code == 204
+    counting = _CountingStatements(keyturn.database)
+    monkeypatch.setattr(keyturn.database, "fetch_sql", counting)
+    live = [p["refresh_token"] for p in people]
+    answers = await _refresh_all(keyturn, [*live, live[0], ended["refresh_token"], UNKNOWN])
+
+    *rotated, again, of_ended, unknown = answers
+    assert [a.user.email for a in rotated] == [f"user{i}@example.com" for i in range(4)]
+    assert len({a.refresh_token for a in rotated}) == 4
+    assert again.refresh_token == rotated[0].refresh_token  # as a retry in the grace period
+    assert isinstance(of_ended, InvalidRefreshToken)
+    assert isinstance(unknown, InvalidRefreshToken)
+    if keyturn.database.postgres is not None:
+        assert counting.batches == [6]  # one statement: six distinct tokens
+    # Every successor works, and a presented token, older than that now, is reuse.
+    followed = await _refresh_all(keyturn, [a.refresh_token for a in rotated])
+    assert [f.session.id for f in followed] == [a.session.id for a in rotated]
+    with pytest.raises(RefreshTokenReused):
+        await keyturn.sessions.refresh(live[1], CLIENT)
+
+
+async def test_each_refresh_of_a_batch_writes_one_event_for_its_own_session(
+    keyturn: Keyturn, client: httpx.AsyncClient
+) -> None:
+    people = [await register(client, f"user{i}@example.com") for i in range(3)]
+    tokens = [p["refresh_token"] for p in people]
+    answers = await _refresh_all(keyturn, [*tokens, tokens[2]])
+    await keyturn.audit.seal()
+    async with keyturn.database.read() as conn:
+        events = await audit_store.list_events(conn, limit=50, type="session.refreshed")
+    assert sorted((e.user_id, e.session_id) for e in events) == sorted(
+        (a.user.id, a.session.id) for a in answers[:3]
+    )
+    assert all(e.ip == CLIENT.ip and e.user_agent == CLIENT.user_agent for e in events)
