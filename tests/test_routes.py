@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import httpx
+import pytest
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from keyturn import Keyturn, Settings
+from keyturn.storage.records import User
 from keyturn.web.routes import shortcut_route
+from keyturn.web.schemas import TokenResponse, UserJson, UserOut, token_json
 
 
 class Greeting(BaseModel):
@@ -121,3 +126,32 @@ def test_keyturns_hottest_routes_are_tried_first_and_the_rest_keep_their_order(
     rest = [path for path, _ in routes[2:]]
     assert rest.index("/id/me/sessions") < rest.index("/id/auth/login")
     assert rest.index("/id/auth/login") < rest.index("/id/admin/users")
+
+
+@pytest.mark.parametrize("name", [None, 'Ada "Countess" Lovelace', "Ådä ✓ \U0001d538 \u2028"])
+def test_the_assembled_token_answer_is_the_models_own_json(name: str | None) -> None:
+    now = datetime(2026, 11, 27, 12, 0, 0, 654321, tzinfo=UTC)
+    user = User("a" * 32, "ada@example.com", name, "x", True, False, False, now, now, None)
+    modelled = TokenResponse(
+        access_token="header.payload.signature",
+        expires_in=900,
+        refresh_token="r" * 43,
+        session_id="s" * 32,
+        user=UserOut.of(user),
+    )
+    assembled = token_json(
+        access_token="header.payload.signature",
+        expires_in=900,
+        refresh_token="r" * 43,
+        session_id="s" * 32,
+        user_json=UserJson()(user),
+    )
+    assert assembled == modelled.model_dump_json().encode()
+
+
+def test_the_user_json_is_rebuilt_when_the_user_changes() -> None:
+    now = datetime(2026, 11, 27, tzinfo=UTC)
+    memo = UserJson()
+    ada = User("a" * 32, "ada@example.com", "Ada", "x", False, False, False, now, now, None)
+    assert b'"Ada"' in memo(ada)
+    assert b'"Countess"' in memo(replace(ada, name="Countess"))

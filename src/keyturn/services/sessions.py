@@ -82,7 +82,8 @@ class SessionService:
         self._grace = timedelta(seconds=settings.refresh_reuse_grace)
         self._rotation_secret: bytes | None = None
         # PostgreSQL: the refreshes of one turn of the event loop rotate in one statement.
-        self._rotations = TurnBatch(self._rotate_many) if database.postgres is not None else None
+        self._rotations = TurnBatch(self._rotate_many)
+        self._rotated = metrics.refreshes.labels("rotated")  # every refresh: looked up once
 
     async def load_secrets(self) -> None:
         """Read the refresh-rotation secret every instance shares (at start-up)."""
@@ -184,7 +185,7 @@ class SessionService:
         except InvalidRefreshToken:
             self.metrics.refreshes.labels("invalid").inc()
             raise
-        self.metrics.refreshes.labels("rotated").inc()
+        self._rotated.inc()
         return issued
 
     async def _refresh(self, refresh_token: str, client: ClientInfo) -> IssuedTokens:
@@ -206,14 +207,9 @@ class SessionService:
             idle_ends_at=now + self._idle,
             event=event(EventType.SESSION_REFRESHED, now=now, client=client),
         )
-        if self._rotations is not None:
-            # The same token twice in one batch shares one answer: the same successor, as a
-            # retry within the grace period gets.
-            rotated = await self._rotations.submit(token_hash, rotation)
-        else:
-            rotated = await self.database.write_one(
-                lambda conn: session_store.rotate(conn, rotation)
-            )
+        # The same token twice in one batch shares one answer: the same successor, as a retry
+        # within the grace period gets.
+        rotated = await self._rotations.submit(token_hash, rotation)
         if rotated is None:
             async with self.database.write() as conn:
                 retried = await self._turned_down(conn, refresh_token, token_hash, client, now)
@@ -229,7 +225,15 @@ class SessionService:
     async def _rotate_many(
         self, rotations: dict[str, session_store.Rotation]
     ) -> dict[str, tuple[Session, User]]:
-        return await session_store.rotate_many(self.database, list(rotations.values()))
+        if self.database.postgres is not None:
+            return await session_store.rotate_many(self.database, list(rotations.values()))
+        rotated: dict[str, tuple[Session, User]] = {}
+        async with self.database.write() as conn:
+            for token_hash, rotation in rotations.items():
+                found = await session_store.rotate(conn, rotation)
+                if found is not None:
+                    rotated[token_hash] = found
+        return rotated
 
     async def _turned_down(
         self,

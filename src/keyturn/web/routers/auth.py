@@ -28,7 +28,9 @@ from keyturn.web.schemas import (
     RegisterRequest,
     RevokeRequest,
     TokenResponse,
+    UserJson,
     UserOut,
+    token_json,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
     router = APIRouter(prefix=f"{keyturn.prefix}/auth", tags=["auth"], responses=PROBLEMS)
     Client = Annotated[ClientInfo, Depends(deps.client)]
     CurrentPrincipal = Annotated[Principal, Depends(deps.principal)]
+    user_json = UserJson()
 
     def answer(request: Request, response: Response, issued: IssuedTokens) -> TokenResponse:
         in_cookies = wants_cookies(request)
@@ -148,8 +151,19 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
             body = RefreshRequest.model_validate_json(await request.body())
         except ValidationError:
             return None
-        tokens = await refresh(await deps.client(request), request, Response(), body)
-        return Response(tokens.model_dump_json(), media_type="application/json")
+        client = await deps.client(request)
+        await keyturn.throttle.hit(Action.REFRESH, client.ip)
+        issued = await keyturn.sessions.refresh(body.refresh_token, client)
+        return Response(
+            token_json(
+                access_token=issued.access_token,
+                expires_in=issued.expires_in,
+                refresh_token=issued.refresh_token,
+                session_id=issued.session.id,
+                user_json=user_json(issued.user),
+            ),
+            media_type="application/json",
+        )
 
     router.add_api_route(
         "/refresh",

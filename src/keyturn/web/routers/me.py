@@ -19,6 +19,7 @@ from keyturn.web.schemas import (
     ProfileUpdate,
     SessionOut,
     SessionsOut,
+    UserJson,
     UserOut,
 )
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from keyturn.facade import Keyturn
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
-_ANSWERED_LIMIT = 10_000
 
 
 def build_me_router(keyturn: "Keyturn") -> APIRouter:
@@ -35,18 +35,12 @@ def build_me_router(keyturn: "Keyturn") -> APIRouter:
     Client = Annotated[ClientInfo, Depends(deps.client)]
     CurrentPrincipal = Annotated[Principal, Depends(deps.principal)]
 
-    # The JSON last answered per user, with the record it came from. The session look-up hands
-    # back the same record for as long as its row is unchanged, so a repeated GET /me skips
-    # building and serializing the model; any change to the user is a new record.
-    answered: dict[str, tuple[User, bytes]] = {}
+    # The session look-up hands back the same record for as long as its row is unchanged, so a
+    # repeated GET /me skips building and serializing the model.
+    user_json = UserJson()
 
     def answer(user: User) -> Response:
-        known = answered.get(user.id)
-        if known is None or known[0] is not user:
-            if len(answered) >= _ANSWERED_LIMIT:
-                answered.clear()
-            known = answered[user.id] = (user, UserOut.of(user).model_dump_json().encode())
-        return Response(known[1], media_type="application/json")
+        return Response(user_json(user), media_type="application/json")
 
     async def me_shortcut(request: Request) -> Response:
         # The hottest route: the principal is called, not injected (see `shortcut_route`).
