@@ -12,6 +12,7 @@ import pytest
 from keyturn import Keyturn
 from keyturn.errors import InvalidRefreshToken, RefreshTokenReused
 from keyturn.services.context import ClientInfo
+from keyturn.services.sessions import IssuedTokens
 from keyturn.storage import audit as audit_store
 from keyturn.storage.database import Database
 from tests.actions import bearer, register
@@ -77,3 +78,30 @@ async def test_each_refresh_of_a_batch_writes_one_event_for_its_own_session(
         (a.user.id, a.session.id) for a in answers[:3]
     )
     assert all(e.ip == CLIENT.ip and e.user_agent == CLIENT.user_agent for e in events)
+
+
+async def test_a_refresh_that_fails_its_batch_fails_alone(
+    keyturn: Keyturn, client: httpx.AsyncClient
+) -> None:
+    if keyturn.database.postgres is None:
+        pytest.skip("SQLite does not enforce the column's length, so nothing fails there")
+    people = [await register(client, f"user{i}@example.com") for i in range(3)]
+    # An address longer than its column (a client can never send one: a test-only way to make
+    # one refresh's writes fail while the others' succeed).
+    clients = [CLIENT, ClientInfo(ip="2001:db8::" + "f" * 80), CLIENT]
+    answers = await asyncio.gather(
+        *(
+            keyturn.sessions.refresh(p["refresh_token"], c)
+            for p, c in zip(people, clients, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    first, failed, last = answers
+    assert isinstance(first, IssuedTokens)
+    assert first.user.email == "user0@example.com"
+    assert isinstance(last, IssuedTokens)
+    assert last.user.email == "user2@example.com"
+    assert isinstance(failed, Exception)
+    # Its token was not spent: with a sane address it rotates.
+    retried = await keyturn.sessions.refresh(people[1]["refresh_token"], CLIENT)
+    assert retried.user.email == "user1@example.com"

@@ -17,9 +17,10 @@ _used = _BUFFER
 
 
 def _forget() -> None:
-    """In a forked child: its own random bytes, never the parent's."""
-    global _last, _random, _used
-    _last, _random, _used = 0, b"", _BUFFER
+    """In a forked child: its own random bytes, never the parent's, and a lock that no thread
+    of the parent may have held at the fork."""
+    global _lock, _last, _random, _used
+    _lock, _last, _random, _used = threading.Lock(), 0, b"", _BUFFER
 
 
 os.register_at_fork(after_in_child=_forget)

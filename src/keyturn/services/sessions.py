@@ -15,6 +15,7 @@ from keyturn.errors import (
     RefreshTokenReused,
     SessionExpired,
     Unauthorized,
+    Unavailable,
 )
 from keyturn.metrics import Metrics
 from keyturn.security import opaque_tokens
@@ -82,7 +83,9 @@ class SessionService:
         self._grace = timedelta(seconds=settings.refresh_reuse_grace)
         self._rotation_secret: bytes | None = None
         # PostgreSQL: the refreshes of one turn of the event loop rotate in one statement.
-        self._rotations = TurnBatch(self._rotate_many)
+        # Two requests with the same token in one batch: with a grace period the second gets
+        # the first's answer, the same successor a retry gets; without one, it is reuse.
+        self._rotations = TurnBatch(self._rotate_many, share=self._grace > timedelta(0))
         self._rotated = metrics.refreshes.labels("rotated")  # every refresh: looked up once
 
     async def load_secrets(self) -> None:
@@ -207,8 +210,6 @@ class SessionService:
             idle_ends_at=now + self._idle,
             event=event(EventType.SESSION_REFRESHED, now=now, client=client),
         )
-        # The same token twice in one batch shares one answer: the same successor, as a retry
-        # within the grace period gets.
         rotated = await self._rotations.submit(token_hash, rotation)
         if rotated is None:
             async with self.database.write() as conn:
@@ -224,15 +225,35 @@ class SessionService:
 
     async def _rotate_many(
         self, rotations: dict[str, session_store.Rotation]
+    ) -> dict[str, tuple[Session, User] | Exception]:
+        """The refreshes of one turn of the loop, rotated together; if that fails for a reason
+        other than the database's state, each alone, so that only its own request fails."""
+        try:
+            return dict(await self._rotate_together(list(rotations.values())))
+        except Unavailable:
+            raise
+        except Exception:
+            if len(rotations) == 1:
+                raise
+        answers: dict[str, tuple[Session, User] | Exception] = {}
+        for token_hash, rotation in rotations.items():
+            try:
+                answers.update(await self._rotate_together([rotation]))
+            except Exception as error:
+                answers[token_hash] = error
+        return answers
+
+    async def _rotate_together(
+        self, rotations: list[session_store.Rotation]
     ) -> dict[str, tuple[Session, User]]:
         if self.database.postgres is not None:
-            return await session_store.rotate_many(self.database, list(rotations.values()))
+            return await session_store.rotate_many(self.database, rotations)
         rotated: dict[str, tuple[Session, User]] = {}
-        async with self.database.write() as conn:
-            for token_hash, rotation in rotations.items():
+        async with self.database.write() as conn:  # one write transaction for all of them
+            for rotation in rotations:
                 found = await session_store.rotate(conn, rotation)
                 if found is not None:
-                    rotated[token_hash] = found
+                    rotated[rotation.token_hash] = found
         return rotated
 
     async def _turned_down(

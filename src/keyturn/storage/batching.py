@@ -26,19 +26,30 @@ class TurnBatch(Generic[K, T, V]):
     """`submit` calls made in one turn of the loop share one call of `run`.
 
     The first submission of a turn leads: it lets the loop finish the turn (the others join),
-    then runs the batch and hands every follower its answer. Submissions with the same key
-    share one answer (`run` sees the first one's item). A key missing from `run`'s answer is
-    answered None; an error reaches every submission of the batch.
+    then runs the batch and hands every follower its answer. `run` gets the first item of each
+    key and answers by key: a value, or an exception for that key's submissions alone; a key
+    it leaves out is answered None, and an error it raises reaches every submission.
+
+    A later submission of a key already in the batch shares the first one's answer, or, with
+    `share=False`, is answered None, as if it had come after the batch.
     """
 
-    def __init__(self, run: Callable[[dict[K, T]], Awaitable[Mapping[K, V]]]) -> None:
+    def __init__(
+        self,
+        run: Callable[[dict[K, T]], Awaitable[Mapping[K, V | Exception]]],
+        *,
+        share: bool = True,
+    ) -> None:
         self._run = run
+        self._share = share
         self._gathering: dict[K, tuple[T, list[asyncio.Future[Any]]]] | None = None
 
     async def submit(self, key: K, item: T) -> V | None:
         gathering = self._gathering
         if gathering is not None:  # another request's batch is gathering: join it
             waiter = asyncio.get_running_loop().create_future()
+            # Retrieved even if this request is cancelled after its answer was set.
+            waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
             gathering.setdefault(key, (item, []))[1].append(waiter)
             answer = await waiter
             if answer is _AGAIN:
@@ -51,26 +62,33 @@ class TurnBatch(Generic[K, T, V]):
             finally:
                 self._gathering = None
             answers = await self._run({k: entry[0] for k, entry in gathering.items()})
-        except asyncio.CancelledError:
+        except Exception as error:
+            for _, waiters in gathering.values():
+                _answer(waiters, error)
+            raise
+        except BaseException:  # cancelled (or the process is stopping): the others try again
             for _, waiters in gathering.values():
                 _answer(waiters, _AGAIN)
             raise
-        except Exception as error:
-            for _, waiters in gathering.values():
-                _answer(waiters, error=error)
-            raise
         for k, (_, waiters) in gathering.items():
-            _answer(waiters, answers.get(k))
-        return answers.get(key)
+            answer = answers.get(k)
+            if self._share:
+                _answer(waiters, answer)
+            else:  # the key's first submission owns the answer: the leader, or its first waiter
+                owners = 0 if k == key else 1
+                _answer(waiters[:owners], answer)
+                _answer(waiters[owners:], None)
+        mine = answers.get(key)
+        if isinstance(mine, Exception):
+            raise mine
+        return mine
 
 
-def _answer(
-    waiters: list[asyncio.Future[Any]], answer: Any = None, *, error: Exception | None = None
-) -> None:
+def _answer(waiters: list[asyncio.Future[Any]], answer: Any) -> None:
     for waiter in waiters:
         if waiter.done():  # that follower's own request was cancelled
             continue
-        if error is not None:
-            waiter.set_exception(error)
+        if isinstance(answer, Exception):
+            waiter.set_exception(answer)
         else:
             waiter.set_result(answer)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, TypeVarTuple, cast, overload
 
+import asyncpg
 from sqlalchemy import Connection as SyncConnection
 from sqlalchemy import (
     CursorResult,
@@ -34,6 +35,8 @@ from keyturn.storage.driver import AsyncpgConnection, SqliteConnection
 from keyturn.storage.postgres import TRANSIENT_SQLSTATES, Connections
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# A statement that lost to another: deadlock detected, serialization failure.
+_CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
@@ -279,11 +282,22 @@ class Database:
     async def fetch_sql(self, sql: str, *args: Any) -> list[Any]:
         """PostgreSQL: one statement written in SQL (a batch, with array parameters) in
         autocommit, as `write_one` runs its work: a connection found dead is replaced and the
-        statement run once more, so it must be safe to repeat."""
-        if self.postgres is None:
+        statement run once more, so it must be safe to repeat. So is one that lost a deadlock
+        or a serialization conflict: it rolled back whole, and runs once more."""
+        postgres = self.postgres
+        if postgres is None:
             raise RuntimeError("fetch_sql is for PostgreSQL")
+
+        async def work(raw: asyncpg.Connection) -> list[Any]:
+            return await AsyncpgConnection(raw).fetch_sql(sql, *args)
+
         async with translate_errors():
-            return await self.postgres.run(lambda raw: AsyncpgConnection(raw).fetch_sql(sql, *args))
+            try:
+                return await postgres.run(work)
+            except Unavailable as error:
+                if not isinstance(error.__cause__, _CONFLICTS):
+                    raise
+            return await postgres.run(work)
 
     def loop_reader(self) -> sqlite3.Connection:
         """SQLite: the one read-only connection used on the event loop (the session look-up,

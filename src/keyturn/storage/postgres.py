@@ -31,9 +31,10 @@ TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03", "53300"})
 # statistics yet, PostgreSQL plans a small table's look-up as a sequential scan, and a prepared
 # statement's cached plan keeps that scan as the table grows (until an ANALYZE): a batched
 # refresh read 1,100 pages at a few thousand rows. Without sequential scans the planner takes
-# the index whatever it believes the table's size is (a statement with no usable index would
-# still scan; none here has one).
-_HOT_PATH_SETTINGS = {"enable_seqscan": "off"}
+# the index whatever it believes the table's size is (a statement without a usable index
+# still scans, at a higher estimate; none run here lacks one). A SET after connecting, not a
+# startup parameter, which PgBouncer would refuse.
+_HOT_PATH_SETTINGS = "SET enable_seqscan = off"
 
 
 def is_lost(error: BaseException) -> bool:
@@ -133,9 +134,13 @@ class Connections:
                 self._opened += 1
                 try:
                     # Statements are prepared once per connection: one round trip each after.
-                    return await asyncpg.connect(
-                        self._dsn, statement_cache_size=128, server_settings=_HOT_PATH_SETTINGS
-                    )
+                    connection = await asyncpg.connect(self._dsn, statement_cache_size=128)
+                    try:
+                        await connection.execute(_HOT_PATH_SETTINGS)
+                    except BaseException:
+                        connection.terminate()
+                        raise
+                    return connection
                 except BaseException as error:
                     self._opened -= 1
                     self._hand_over(None)

@@ -201,9 +201,9 @@ class Rotation(NamedTuple):
 async def rotate(conn: Connection, rotation: Rotation) -> tuple[Session, User] | None:
     """A refresh's common case, whole (SQLite; PostgreSQL batches them, `rotate_many`): mark
     the live token rotated, store its successor, restart the session's idle clock (never past
-    its expiry) and write the event for the session and its user. The session and user as they
-    were; None, with nothing written, when the token, its session or its user is not live
-    (`find_refresh_token` then tells why)."""
+    its expiry) and write the event for the session and its user. The session (as it was
+    before; on PostgreSQL as it is after) and user; None, with nothing written, when the
+    token, its session or its user is not live (`find_refresh_token` then tells why)."""
     now = rotation.now
     won = (
         await conn.execute(_LIVE_CLAIM_SQLITE, {"b_hash": rotation.token_hash, "b_now": now})
@@ -291,7 +291,11 @@ async def rotate_many(
     """`rotate` for many tokens at once (PostgreSQL), each one alone as `rotate` would: the
     session and user of each rotated token, by the token's hash; a token missing from the
     answer was not live, and nothing was written for it. Safe to repeat: a repeat finds every
-    token already rotated."""
+    token already rotated.
+
+    Rows are locked in the order of the tokens' hashes, so two batches that share tokens (the
+    same token presented to two instances) wait for each other instead of deadlocking."""
+    rotations = sorted(rotations, key=lambda rotation: rotation.token_hash)
     records = await database.fetch_sql(
         _ROTATE_MANY,
         [r.token_hash for r in rotations],
