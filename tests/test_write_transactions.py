@@ -8,12 +8,14 @@ import asyncio
 import sqlite3
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
 from keyturn import Keyturn
 from keyturn.errors import EmailTaken
+from keyturn.storage import migrate
 from keyturn.storage import users as user_store
 from keyturn.storage.database import Database
 from tests.actions import PASSWORD, bearer, register
@@ -156,3 +158,37 @@ async def test_after_postgresql_drops_every_connection_requests_carry_on(
             "/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
         )
         assert refreshed.status_code == 200, refreshed.text
+
+
+async def test_a_point_read_waits_out_another_process_s_brief_lock_on_sqlite(
+    tmp_path: Path,
+) -> None:
+    """The loop's reader gives up after 50 ms; a process that holds the file a little longer
+    (opening or closing it, checkpointing) must not turn a login's user read into a 503."""
+    path = tmp_path / "keyturn.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    database = Database(url)
+    await migrate.upgrade(database)
+    await _insert(database, 7)
+    await database.dispose()
+
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")  # readers of the file now get "database is locked"
+    database = Database(url)
+    try:
+        reading = asyncio.create_task(
+            database.point_read(
+                lambda conn: user_store.get_user_by_email(conn, "writer7@example.com")
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert not reading.done()
+        holder.execute("COMMIT")
+        holder.close()
+        found = await asyncio.wait_for(reading, timeout=10)
+        assert found is not None
+        assert found.id == f"{7:032x}"
+    finally:
+        holder.close()
+        await database.dispose()

@@ -257,12 +257,18 @@ class Database:
         event loop (microseconds; aiosqlite's thread hops cost far more), on PostgreSQL one
         round trip on a plain connection. A read that may scan belongs in `read()`.
 
-        On PostgreSQL a connection that died with a database restart is replaced and the read
-        tried once more (`Connections.run`).
+        On SQLite a busy answer (the loop's reader waits at most 50 ms, and a process that opens
+        or closes the file can hold it a little longer) is read again by a pooled reader, which
+        waits as long as any other. On PostgreSQL a connection that died with a database
+        restart is replaced and the read tried once more (`Connections.run`).
         """
         async with translate_errors():
             if self.postgres is None:
-                return await read(SqliteConnection(self.loop_reader()))
+                try:
+                    return await read(SqliteConnection(self.loop_reader()))
+                except OperationalError:
+                    async with self.read() as connection:
+                        return await read(connection)
             return await self.postgres.run(lambda raw: read(AsyncpgConnection(raw)))
 
     async def write_one(self, work: Callable[[Connection], Awaitable[_T]]) -> _T:
