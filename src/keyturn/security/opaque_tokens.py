@@ -25,11 +25,6 @@ def new_token() -> str:
     return _encode(secrets.token_bytes(TOKEN_BYTES))
 
 
-def new_key() -> bytes:
-    """A random derivation key (never leaves the server)."""
-    return secrets.token_bytes(TOKEN_BYTES)
-
-
 def hash_token(token: str) -> str:
     """The only form in which a bearer token is stored: SHA-256, hex.
 

@@ -82,9 +82,10 @@ class SessionService:
         self._touch = timedelta(seconds=settings.session_touch_interval)
         self._grace = timedelta(seconds=settings.refresh_reuse_grace)
         self._rotation_secret: bytes | None = None
-        # PostgreSQL: the refreshes of one turn of the event loop rotate in one statement.
-        # Two requests with the same token in one batch: with a grace period the second gets
-        # the first's answer, the same successor a retry gets; without one, it is reuse.
+        # The refreshes of one turn of the event loop rotate together: in one statement on
+        # PostgreSQL, in one write transaction on SQLite. Two requests with the same token in
+        # one batch: with a grace period the second gets the first's answer, the same
+        # successor a retry gets; without one, it is reuse.
         self._rotations = TurnBatch(self._rotate_many, share=self._grace > timedelta(0))
         self._rotated = metrics.refreshes.labels("rotated")  # every refresh: looked up once
 

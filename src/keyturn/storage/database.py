@@ -271,25 +271,12 @@ class Database:
                         return await read(connection)
             return await self.postgres.run(lambda raw: read(AsyncpgConnection(raw)))
 
-    async def write_one(self, work: Callable[[Connection], Awaitable[_T]]) -> _T:
-        """A write `work` makes in one statement: on PostgreSQL in autocommit, one round trip
-        instead of BEGIN, the statement and COMMIT (a statement is atomic by itself). On SQLite
-        `work` may run several statements: it gets a write transaction.
-
-        On PostgreSQL a connection found dead is replaced and `work` run once more (see
-        `Connections.run`): `work` must be safe to repeat after a commit whose answer was lost.
-        """
-        if self.postgres is None:
-            async with self.write() as connection:
-                return await work(connection)
-        async with translate_errors():
-            return await self.postgres.run(lambda raw: work(AsyncpgConnection(raw)))
-
     async def fetch_sql(self, sql: str, *args: Any) -> list[Any]:
         """PostgreSQL: one statement written in SQL (a batch, with array parameters) in
-        autocommit, as `write_one` runs its work: a connection found dead is replaced and the
-        statement run once more, so it must be safe to repeat. So is one that lost a deadlock
-        or a serialization conflict: it rolled back whole, and runs once more."""
+        autocommit, one round trip (a statement is atomic by itself). A connection found dead
+        is replaced and the statement run once more (`Connections.run`), so it must be safe to
+        repeat after a commit whose answer was lost. So is one that lost a deadlock or a
+        serialization conflict: it rolled back whole, and runs once more."""
         postgres = self.postgres
         if postgres is None:
             raise RuntimeError("fetch_sql is for PostgreSQL")
