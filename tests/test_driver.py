@@ -21,8 +21,8 @@ NOW = datetime(2026, 11, 27, 5, 30, 0, 123456, tzinfo=UTC)
 
 @pytest.mark.parametrize("dialect", [SQLITE, POSTGRESQL], ids=["sqlite", "postgresql"])
 def test_a_statement_is_compiled_once_per_dialect_and_inserted_columns(dialect: Dialect) -> None:
-    claim = session_store._LIVE_CLAIM_SQLITE  # an UPDATE ... RETURNING: result columns of its own
-    parameters = {"b_hash": "h", "b_now": NOW}
+    claim = session_store._ROTATED  # a SELECT with a subquery: result columns of its own
+    parameters = {"b_ids": "[]"}
     assert _plan(claim, parameters, dialect) is _plan(claim, parameters, dialect)
     insert = session_store._INSERT_TOKEN
     row = {c.name: None for c in refresh_tokens.c}

@@ -4,10 +4,12 @@ PostgreSQL), and on PostgreSQL the ones of one turn of the event loop share one 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from keyturn import Keyturn
 from keyturn.errors import InvalidRefreshToken, RefreshTokenReused
@@ -16,6 +18,7 @@ from keyturn.services.sessions import IssuedTokens
 from keyturn.storage import audit as audit_store
 from keyturn.storage.database import Database
 from tests.actions import bearer, register
+from tests.instances import client_of
 
 CLIENT = ClientInfo(ip="203.0.113.9", user_agent="batch-test")
 UNKNOWN = "unknown-token-unknown-token-unknown-token-0000"
@@ -105,3 +108,20 @@ async def test_a_refresh_that_fails_its_batch_fails_alone(
     # Its token was not spent: with a sane address it rotates.
     retried = await keyturn.sessions.refresh(people[1]["refresh_token"], CLIENT)
     assert retried.user.email == "user1@example.com"
+
+
+async def test_sqlite_rotates_through_objects_of_the_writer_s_connection_alone(
+    sqlite_keyturn: Keyturn,
+) -> None:
+    """The view and trigger a SQLite batch rotates through are TEMP: the database file, which
+    other processes and releases share, never holds them."""
+    async with client_of(sqlite_keyturn) as client:
+        ada = await register(client, "ada@example.com")
+        rotated = await sqlite_keyturn.sessions.refresh(ada["refresh_token"], CLIENT)
+    assert rotated.user.email == "ada@example.com"
+    path = make_url(sqlite_keyturn.settings.database_url).database
+    assert path
+    with sqlite3.connect(path) as other:
+        names = [name for (name,) in other.execute("SELECT name FROM sqlite_master")]
+    assert "refresh_tokens" in names
+    assert not [name for name in names if name.startswith("keyturn_")]

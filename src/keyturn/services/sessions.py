@@ -230,7 +230,7 @@ class SessionService:
         """The refreshes of one turn of the loop, rotated together; if that fails for a reason
         other than the database's state, each alone, so that only its own request fails."""
         try:
-            return dict(await self._rotate_together(list(rotations.values())))
+            return dict(await session_store.rotate_many(self.database, list(rotations.values())))
         except Unavailable:
             raise
         except Exception:
@@ -239,23 +239,10 @@ class SessionService:
         answers: dict[str, tuple[Session, User] | Exception] = {}
         for token_hash, rotation in rotations.items():
             try:
-                answers.update(await self._rotate_together([rotation]))
+                answers.update(await session_store.rotate_many(self.database, [rotation]))
             except Exception as error:
                 answers[token_hash] = error
         return answers
-
-    async def _rotate_together(
-        self, rotations: list[session_store.Rotation]
-    ) -> dict[str, tuple[Session, User]]:
-        if self.database.postgres is not None:
-            return await session_store.rotate_many(self.database, rotations)
-        rotated: dict[str, tuple[Session, User]] = {}
-        async with self.database.write() as conn:  # one write transaction for all of them
-            for rotation in rotations:
-                found = await session_store.rotate(conn, rotation)
-                if found is not None:
-                    rotated[rotation.token_hash] = found
-        return rotated
 
     async def _turned_down(
         self,
@@ -265,7 +252,7 @@ class SessionService:
         client: ClientInfo,
         now: datetime,
     ) -> tuple[Session, User, str] | None:
-        """Why `rotate` found no live token: raise the error to answer with, or return the
+        """Why `rotate_many` found no live token: raise the error to answer with, or return the
         session, user and successor of a retry, or None for reuse (the session has then been
         revoked in `conn`)."""
         found = await session_store.find_refresh_token(conn, token_hash)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,17 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, TypeVarTuple, cast, overload
+from typing import Any, Protocol, TypeVar, TypeVarTuple, overload
 
 import asyncpg
-from sqlalchemy import Connection as SyncConnection
 from sqlalchemy import (
     CursorResult,
     Dialect,
     Engine,
     Executable,
-    RootTransaction,
-    create_engine,
     event,
 )
 from sqlalchemy.engine import make_url
@@ -54,20 +52,23 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
     return engine
 
 
+def prepare_sqlite(driver: sqlite3.Connection) -> None:
+    """Every keyturn connection to SQLite: WAL, foreign keys, durable commits."""
+    # Driver-level autocommit, so that we, not pysqlite, decide how transactions begin.
+    driver.isolation_level = None
+    # First, so that switching a new file to WAL waits for another process's first
+    # transaction (two commands starting on one new file) instead of failing at once.
+    driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    driver.execute("PRAGMA journal_mode=WAL")
+    driver.execute("PRAGMA foreign_keys=ON")
+    # FULL: an acknowledged write survives power loss too, not only a process crash.
+    driver.execute("PRAGMA synchronous=FULL")
+
+
 def _configure_sqlite(engine: Engine, *, begin: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Driver-level autocommit, so that we, not pysqlite, decide how transactions begin.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # First, so that switching a new file to WAL waits for another process's first
-        # transaction (two commands starting on one new file) instead of failing at once.
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        # FULL: an acknowledged write survives power loss too, not only a process crash.
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.close()
+        prepare_sqlite(dbapi_connection)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
@@ -97,20 +98,8 @@ class Connection(Protocol):
 
 @dataclass(slots=True)
 class _Batch:
-    connection: SyncConnection
-    transaction: RootTransaction
     committed: asyncio.Future[None]
     broken: bool = False
-
-    def finish(self) -> None:
-        """In the writer's thread: one COMMIT (one fsync) for every transaction in the batch."""
-        try:
-            if self.broken:
-                self.transaction.rollback()
-                raise Unavailable("The database failed mid-transaction; try again.")
-            self.transaction.commit()
-        finally:
-            self.connection.close()
 
 
 class _GroupCommitWriter:
@@ -121,15 +110,18 @@ class _GroupCommitWriter:
 
     One SQLite database admits one writer, and `synchronous=FULL` makes each commit an fsync
     (milliseconds): committing one request at a time caps writes at a few hundred a second.
+
+    One driver connection, used from the loop and from one thread, never both at once: what
+    can wait (a BEGIN that another process makes wait, COMMIT's fsync) runs in the thread, the
+    rest on the loop. A hop to the thread and back costs the busy loop milliseconds (the
+    thread must win the GIL from it, twice), so BEGIN is tried on the loop first without
+    waiting, and only a database that another process is writing sends it to the thread.
     """
 
     def __init__(self, url: str) -> None:
-        sync_url = make_url(url).set(drivername="sqlite+pysqlite")
-        self._engine = create_engine(
-            sync_url, pool_size=1, max_overflow=0, connect_args={"check_same_thread": False}
-        )
-        _configure_sqlite(self._engine, begin="BEGIN IMMEDIATE")
+        self._path = make_url(url).database or ""
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyturn-writer")
+        self._driver: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
         self._batch: _Batch | None = None
         self._committers: set[asyncio.Task[None]] = set()
@@ -138,9 +130,8 @@ class _GroupCommitWriter:
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self._lock:
             batch = self._batch or await self._open()
-            # Savepoints straight on the driver: SQLAlchemy's bookkeeping for them costs more
-            # than the statements, and transactions here run one at a time.
-            driver = cast(sqlite3.Connection, batch.connection.connection.dbapi_connection)
+            driver = self._driver
+            assert driver is not None  # noqa: S101 (opened by `_open`)
             try:
                 driver.execute("SAVEPOINT request")
             except sqlite3.Error as error:
@@ -160,22 +151,43 @@ class _GroupCommitWriter:
 
     async def _open(self) -> _Batch:
         loop = asyncio.get_running_loop()
-        connection, transaction = await loop.run_in_executor(self._thread, self._begin)
+        if self._driver is None:
+            self._driver = await loop.run_in_executor(self._thread, self._connect)
+        if not _begin_now(self._driver):
+            await loop.run_in_executor(self._thread, self._driver.execute, "BEGIN IMMEDIATE")
         committed: asyncio.Future[None] = loop.create_future()
         # Retrieved even when every member rolled back and nobody awaits it.
         committed.add_done_callback(lambda future: future.cancelled() or future.exception())
-        self._batch = batch = _Batch(connection, transaction, committed)
+        self._batch = batch = _Batch(committed)
         committer = loop.create_task(self._commit(batch))
         self._committers.add(committer)
         committer.add_done_callback(self._committers.discard)
         return batch
 
-    def _begin(self) -> tuple[SyncConnection, RootTransaction]:
-        connection = self._engine.connect()
+    def _connect(self) -> sqlite3.Connection:
+        driver = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
-            return connection, connection.begin()  # BEGIN IMMEDIATE waits out other processes
+            prepare_sqlite(driver)
+            # Each transaction runs in a savepoint, so SQLite keeps the first image of every
+            # page it changes in a statement journal. In a temporary file that was half of a
+            # refresh's time in SQLite; in memory it is a copy (the batch's pages: kilobytes).
+            driver.execute("PRAGMA temp_store=MEMORY")
         except BaseException:
-            connection.close()
+            driver.close()
+            raise
+        return driver
+
+    def _finish(self, batch: _Batch) -> None:
+        """In the writer's thread: one COMMIT (one fsync) for every transaction in the batch."""
+        driver = self._driver
+        assert driver is not None  # noqa: S101 (a batch is open)
+        if batch.broken:
+            _roll_back(driver)
+            raise Unavailable("The database failed mid-transaction; try again.")
+        try:
+            driver.execute("COMMIT")
+        except BaseException:
+            _roll_back(driver)
             raise
 
     async def _commit(self, batch: _Batch) -> None:
@@ -184,7 +196,7 @@ class _GroupCommitWriter:
             self._batch = None
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self._thread, batch.finish)
+                await loop.run_in_executor(self._thread, self._finish, batch)
             except asyncio.CancelledError:
                 batch.committed.cancel()
                 raise
@@ -196,8 +208,30 @@ class _GroupCommitWriter:
     async def dispose(self) -> None:
         if self._committers:
             await asyncio.gather(*self._committers, return_exceptions=True)
-        self._engine.dispose()
         self._thread.shutdown(wait=True)
+        if self._driver is not None:
+            self._driver.close()
+            self._driver = None
+
+
+def _begin_now(driver: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE if the write lock is free (microseconds); False if another process
+    holds it, and then the caller waits for it off the loop."""
+    driver.execute("PRAGMA busy_timeout=0")
+    try:
+        driver.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:  # busy: another process is writing
+        return False
+    finally:
+        driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    return True
+
+
+def _roll_back(driver: sqlite3.Connection) -> None:
+    if driver.in_transaction:
+        # If this fails too, SQLite has rolled back the transaction it could not finish.
+        with contextlib.suppress(sqlite3.Error):
+            driver.execute("ROLLBACK")
 
 
 class Database:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -13,21 +14,23 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    column,
     delete,
     func,
     insert,
     or_,
     select,
+    table,
     update,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn.ids import new_id
-from keyturn.storage.audit import append_events, encode_detail
+from keyturn.storage.audit import encode_detail
 from keyturn.storage.database import Connection, Database
 from keyturn.storage.records import AnyRow, RefreshToken, Session, User
-from keyturn.storage.schema import refresh_tokens, sessions, users
+from keyturn.storage.schema import UTCDateTime, refresh_tokens, sessions, users
 from keyturn.storage.users import user_from_row
 
 _SESSION_COLUMNS = [c.label(f"s_{c.name}") for c in sessions.c]
@@ -67,25 +70,6 @@ _TOKEN_SESSION_AND_USER = (
     .join_from(refresh_tokens, sessions, refresh_tokens.c.session_id == sessions.c.id)
     .join(users, sessions.c.user_id == users.c.id)
     .where(refresh_tokens.c.token_hash == bindparam("b_hash"))
-)
-# SQLite's claim: the token is live, and so are its session and user (its planner starts from
-# the token's unique index). It marks the token rotated unless someone already has: the race
-# arbiter (the write lock serializes claimers). Anything else is left for `find_refresh_token`
-# to tell apart. PostgreSQL's is part of `_ROTATE_MANY`, with the same conditions.
-_LIVE_CLAIM_SQLITE = (
-    update(refresh_tokens)
-    .where(
-        refresh_tokens.c.token_hash == bindparam("b_hash"),
-        refresh_tokens.c.rotated_at.is_(None),
-        sessions.c.id == refresh_tokens.c.session_id,
-        users.c.id == sessions.c.user_id,
-        sessions.c.revoked_at.is_(None),
-        sessions.c.ends_at > bindparam("b_now"),
-        users.c.is_disabled.is_(False),
-        users.c.deleted_at.is_(None),
-    )
-    .values(rotated_at=bindparam("b_now"))
-    .returning(refresh_tokens.c.generation, refresh_tokens.c.session_id)
 )
 _SUCCESSOR = select(refresh_tokens).where(
     refresh_tokens.c.session_id == bindparam("b_session_id"),
@@ -198,37 +182,6 @@ class Rotation(NamedTuple):
     event: dict[str, Any]  # see services.audit.event; the session and user are filled in
 
 
-async def rotate(conn: Connection, rotation: Rotation) -> tuple[Session, User] | None:
-    """A refresh's common case, whole (SQLite; PostgreSQL batches them, `rotate_many`): mark
-    the live token rotated, store its successor, restart the session's idle clock (never past
-    its expiry) and write the event for the session and its user. The session (as it was
-    before; on PostgreSQL as it is after) and user; None, with nothing written, when the
-    token, its session or its user is not live (`find_refresh_token` then tells why)."""
-    now = rotation.now
-    won = (
-        await conn.execute(_LIVE_CLAIM_SQLITE, {"b_hash": rotation.token_hash, "b_now": now})
-    ).first()
-    if won is None:
-        return None
-    generation, session_id = won
-    found = await get_session_and_user(conn, session_id)
-    if found is None:  # the claim joined them: they exist in this transaction
-        raise RuntimeError("claimed refresh token without its session")
-    session, user = found
-    await insert_refresh_token(
-        conn, session_id, rotation.successor_hash, generation=generation + 1, now=now
-    )
-    await touch_session(
-        conn,
-        session_id,
-        now=now,
-        ends_at=min(session.expires_at, rotation.idle_ends_at),
-        not_since=now + timedelta(seconds=1),  # always: a refresh restarts the idle clock
-    )
-    await append_events(conn, [{**rotation.event, "user_id": user.id, "session_id": session.id}])
-    return session, user
-
-
 def _as(alias: str, table: Table, prefix: str) -> str:
     return ", ".join(f"{alias}.{c.name} AS {prefix}{c.name}" for c in table.c)
 
@@ -285,16 +238,112 @@ FROM touched AS t JOIN users AS u ON u.id = t.s_user_id
 """  # noqa: S608
 
 
+# SQLite: a rotation is one row inserted into a view whose trigger does the work, so the
+# rotations of a batch are one `executemany`, stepped inside SQLite: statements run one row at
+# a time from Python cost the event loop several times what SQLite spends on them. The view
+# and trigger are TEMP, the writer connection's own: nothing in the database file, and every
+# release defines its own. The write lock serializes writers, so each row's steps see every
+# earlier one (the claim's `changes()` is that row's).
+# - The claim: the token is live, and so are its session and user.
+# - The successor, the idle restart and the event hang on the claim; a token that is not
+#   live is left as it is, for `find_refresh_token` to tell why.
+_ROTATION_COLUMNS = (
+    "hash", "now", "idle_end", "new_id", "new_hash", "e_id", "e_type", "ip", "user_agent", "detail"
+)  # fmt: skip
+_ROTATION_TRIGGER = (
+    f"CREATE TEMP VIEW IF NOT EXISTS keyturn_rotation ({', '.join(_ROTATION_COLUMNS)})"
+    f" AS SELECT {', '.join('NULL' for _ in _ROTATION_COLUMNS)}",
+    """CREATE TEMP TRIGGER IF NOT EXISTS keyturn_rotate INSTEAD OF INSERT ON keyturn_rotation
+BEGIN
+  UPDATE refresh_tokens SET rotated_at = NEW.now
+  WHERE token_hash = NEW.hash AND rotated_at IS NULL
+    AND (SELECT s.revoked_at IS NULL AND s.ends_at > NEW.now
+                AND u.is_disabled = 0 AND u.deleted_at IS NULL
+         FROM sessions AS s JOIN users AS u ON u.id = s.user_id
+         WHERE s.id = refresh_tokens.session_id);
+  INSERT INTO refresh_tokens (id, session_id, token_hash, generation, created_at, rotated_at)
+  SELECT NEW.new_id, t.session_id, NEW.new_hash, t.generation + 1, NEW.now, NULL
+  FROM refresh_tokens AS t WHERE t.token_hash = NEW.hash AND changes() = 1;
+  UPDATE sessions SET last_seen_at = NEW.now, ends_at = min(expires_at, NEW.idle_end),
+    purge_after = CASE WHEN purge_after IS NULL OR purge_after > min(expires_at, NEW.idle_end)
+                       THEN min(expires_at, NEW.idle_end) ELSE purge_after END
+  WHERE id = (SELECT session_id FROM refresh_tokens WHERE id = NEW.new_id);
+  INSERT INTO audit_events (id, type, occurred_at, user_id, session_id, ip, user_agent, detail)
+  SELECT NEW.e_id, NEW.e_type, NEW.now, s.user_id, s.id, NEW.ip, NEW.user_agent, NEW.detail
+  FROM refresh_tokens AS t JOIN sessions AS s ON s.id = t.session_id WHERE t.id = NEW.new_id;
+END""",
+)
+_ROTATION = table(
+    "keyturn_rotation",
+    *(
+        column(name, UTCDateTime()) if name in ("now", "idle_end") else column(name, String())
+        for name in _ROTATION_COLUMNS
+    ),
+    schema="temp",
+)
+_INSERT_ROTATION = insert(_ROTATION)
+# What the rotations left: each successor stored, by its new id, with its session and user (its
+# hash may have been stored before: a token presented again has the same successor).
+_ROTATED = (
+    select(refresh_tokens.c.id, *_SESSION_COLUMNS, users)
+    .join_from(refresh_tokens, sessions, refresh_tokens.c.session_id == sessions.c.id)
+    .join(users, sessions.c.user_id == users.c.id)
+    .where(
+        refresh_tokens.c.id.in_(
+            select(column("value")).select_from(func.json_each(bindparam("b_ids")))
+        )
+    )
+)
+
+
+async def _rotate_in_sqlite(
+    database: Database, rotations: list[Rotation]
+) -> dict[str, tuple[Session, User]]:
+    rows, predecessors = [], {}
+    for r in rotations:
+        event = r.event
+        successor_id = new_id()
+        predecessors[successor_id] = r.token_hash
+        rows.append(
+            {
+                "hash": r.token_hash,
+                "now": r.now,
+                "idle_end": r.idle_ends_at,
+                "new_id": successor_id,
+                "new_hash": r.successor_hash,
+                "e_id": new_id(),
+                "e_type": event["type"],
+                "ip": event["ip"],
+                "user_agent": event["user_agent"],
+                "detail": encode_detail(event["detail"]),
+            }
+        )
+    async with database.write() as conn:
+        for statement in _ROTATION_TRIGGER:
+            await conn.exec_driver_sql(statement)
+        await conn.execute(_INSERT_ROTATION, rows)
+        found = await conn.execute(_ROTATED, {"b_ids": json.dumps(list(predecessors))})
+    return {
+        predecessors[row[0]]: (_session(row, 1), user_from_row(row, 1 + _SESSION_WIDTH))
+        for row in found
+    }
+
+
 async def rotate_many(
     database: Database, rotations: list[Rotation]
 ) -> dict[str, tuple[Session, User]]:
-    """`rotate` for many tokens at once (PostgreSQL), each one alone as `rotate` would: the
-    session and user of each rotated token, by the token's hash; a token missing from the
-    answer was not live, and nothing was written for it. Safe to repeat: a repeat finds every
-    token already rotated.
+    """A refresh's common case, for many tokens at once, each one alone: mark the live token
+    rotated, store its successor, restart the session's idle clock (never past its expiry) and
+    write the event for the session and its user. The session (as it is after) and user of
+    each rotated token, by the token's hash; a token missing from the answer was not live (its
+    session or user neither), and nothing was written for it (`find_refresh_token` then tells
+    why). Safe to repeat: a repeat finds every token already rotated.
 
-    Rows are locked in the order of the tokens' hashes, so two batches that share tokens (the
-    same token presented to two instances) wait for each other instead of deadlocking."""
+    On PostgreSQL rows are locked in the order of the tokens' hashes, so two batches that share
+    tokens (the same token presented to two instances) wait for each other instead of
+    deadlocking."""
+    if database.postgres is None:
+        return await _rotate_in_sqlite(database, rotations)
     rotations = sorted(rotations, key=lambda rotation: rotation.token_hash)
     records = await database.fetch_sql(
         _ROTATE_MANY,
