@@ -7,6 +7,7 @@ the server has stopped, so the figures are the append path alone.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import statistics
 import subprocess
 import time
@@ -81,7 +82,7 @@ async def _login_writes(
             session = await session_store.insert_session(
                 conn,
                 user_id=user_id,
-                rotation_key=opaque_tokens.new_key(),
+                rotation_key=secrets.token_bytes(32),
                 refresh_token_hash=opaque_tokens.hash_token(opaque_tokens.new_token()),
                 now=now,
                 expires_at=now + timedelta(days=1),

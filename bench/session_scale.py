@@ -272,7 +272,12 @@ def _cleanup_under_load(
         cwd=ctx.workdir,
     )
     ended: list[float] = []
-    waiter = threading.Thread(target=lambda: (cleanup.wait(), ended.append(time.perf_counter())))
+
+    def wait_for_cleanup() -> None:
+        cleanup.wait()
+        ended.append(time.perf_counter())
+
+    waiter = threading.Thread(target=wait_for_cleanup)
     waiter.start()
     windows: list[Row] = []
     try:
