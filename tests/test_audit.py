@@ -8,7 +8,7 @@ import json
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -788,7 +788,8 @@ async def test_stopping_an_instance_seals_what_it_wrote(
     async with instances.serving(settings, clock) as (keyturn, client):  # no sealer running
         ada = await register(client)
         await client.post("/auth/refresh", json={"refresh_token": ada["refresh_token"]})
-        assert await unsealed(keyturn) == 2
+        # SQLite chains an event as it is written (its writer holds the only write lock).
+        assert await unsealed(keyturn) == (0 if keyturn.database.is_sqlite else 2)
     async with instances.started(settings, clock) as again:
         assert await unsealed(again) == 0
         report = await again.audit.verify()
@@ -810,7 +811,39 @@ async def test_pruning_leaves_events_written_after_the_seal_to_the_next_one(
     async with keyturn.database.write() as conn:
         pruned = await audit_store.prune_before(conn, keyturn.clock())
     assert pruned > 0
-    assert await unsealed(keyturn) == 1
+    assert await unsealed(keyturn) == (0 if keyturn.database.is_sqlite else 1)
     report = await keyturn.audit.verify()
     assert report.is_intact
     assert report.events_checked == 1
+
+
+async def test_sqlite_chains_an_event_in_the_transaction_that_writes_it(
+    sqlite_keyturn: Keyturn,
+) -> None:
+    """SQLite's writer holds the only write lock, so an event joins the chain as it is written;
+    one an earlier release left waiting is sealed after it, and the chain verifies: the hash
+    covers what is read back (the time in UTC, the detail as stored)."""
+    keyturn = sqlite_keyturn
+    await sql(
+        keyturn,
+        "INSERT INTO audit_events (id, type, occurred_at, detail)"
+        " VALUES ('earlier-release-event', 'user.registered', '2026-11-27 09:00:00.000000', '{}')",
+    )
+    in_berlin = datetime(2026, 11, 27, 12, 30, 0, 250, tzinfo=timezone(timedelta(hours=1)))
+    async with keyturn.database.write() as conn:
+        await audit_store.append_events(
+            conn,
+            [
+                event(
+                    EventType.PROFILE_UPDATED,
+                    now=in_berlin,
+                    client=ClientInfo(ip="203.0.113.7", user_agent="agent"),
+                    fields=("name",),  # a tuple, stored (and read back) as a JSON list
+                )
+            ],
+        )
+    assert await unsealed(keyturn) == 1  # the earlier release's alone
+    assert await keyturn.audit.seal() == 1
+    report = await keyturn.audit.verify()
+    assert report.is_intact
+    assert report.events_checked == 2

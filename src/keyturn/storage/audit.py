@@ -1,10 +1,13 @@
 """The audit log: an append-only hash chain (each event hashes its content and its predecessor).
 
-An event is written with the change it records, in the same transaction, and sealed into the
-chain (given its `seq`, `prev_hash` and `hash`) a moment later, by `seal_pending`, with the
-others written meanwhile. Chaining at write time made every writer on every instance queue on
-the chain's head from its first event until its COMMIT; sealing in batches takes that lock
-once per batch, after the writers have committed.
+An event is written with the change it records, in the same transaction. On PostgreSQL it is
+sealed into the chain (given its `seq`, `prev_hash` and `hash`) a moment later, by
+`seal_pending`, with the others written meanwhile: chaining at write time made every writer on
+every instance queue on the chain's head from its first event until its COMMIT, and sealing in
+batches takes that lock once per batch, after the writers have committed. On SQLite, where
+the writer already holds the database's one write lock, an event is chained as it is written:
+no one waits longer for it, and a second pass over every event (read it back, hash it, update
+it) is saved.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -122,7 +125,8 @@ def encode_detail(detail: dict[str, Any]) -> str:
 
 async def append_events(conn: Connection, events: list[dict[str, Any]]) -> list[str]:
     """Write events inside the caller's transaction, so a change and its event commit together
-    (or neither does); their ids. `seal_pending` chains them once committed."""
+    (or neither does); their ids. On PostgreSQL `seal_pending` chains them once committed; on
+    SQLite they are chained here, after the head (the transaction holds the write lock)."""
     if not events:
         return []
     ids = [new_id() for _ in events]
@@ -137,6 +141,23 @@ async def append_events(conn: Connection, events: list[dict[str, Any]]) -> list[
         }
         for event_id, event in zip(ids, events, strict=True)
     ]
+    if conn.dialect.name == "sqlite":
+        head = (await _lock_chain(conn))._mapping
+        seq, prev_hash = int(head["last_seq"]), head["last_hash"]
+        for row in rows:
+            seq += 1
+            # What verification will read back: the time in UTC, the detail as stored.
+            stored = {
+                **row,
+                "occurred_at": row["occurred_at"].astimezone(UTC),
+                "detail": json.loads(row["detail"]),
+            }
+            digest = link_hash(stored, seq=seq, event_id=row["id"], prev_hash=prev_hash)
+            row.update(seq=seq, prev_hash=prev_hash, hash=digest)
+            prev_hash = digest
+        await conn.execute(_INSERT, rows)
+        await conn.execute(_ADVANCE, {"b_seq": seq, "b_hash": prev_hash})
+        return ids
     await conn.execute(_INSERT, rows)
     return ids
 
@@ -147,7 +168,8 @@ async def has_pending(conn: Connection) -> bool:
 
 
 async def seal_pending(conn: Connection, *, limit: int) -> int:
-    """Chain up to `limit` unsealed events, oldest first, after the head; how many.
+    """Chain up to `limit` unsealed events, oldest first, after the head; how many. (On SQLite
+    only events an earlier release wrote wait here.)
 
     On PostgreSQL the head's row lock serializes sealers across instances: a second one waits,
     then sees the events the first sealed as sealed (its read comes after the lock).

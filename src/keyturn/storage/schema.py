@@ -55,9 +55,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
 
+        parse, utc = datetime.fromisoformat, UTC
+
         def process(value: Any) -> datetime | None:
-            # SQLite hands back the text written above: `process_result_value` parses it,
-            # without SQLAlchemy's SQLite type parsing it first (the generic hook runs both).
+            # SQLite hands back the text written above, parsed here without SQLAlchemy's SQLite
+            # type parsing it first (the generic hook runs both): a refresh reads ten of them.
+            if value.__class__ is str:
+                parsed = parse(value)
+                if parsed.tzinfo is None:
+                    return parsed.replace(tzinfo=utc)
             return self.process_result_value(value, dialect)
 
         return process

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn.ids import new_id
-from keyturn.storage.audit import encode_detail
+from keyturn.storage.audit import append_events, encode_detail
 from keyturn.storage.database import Connection, Database
 from keyturn.storage.records import AnyRow, RefreshToken, Session, User
 from keyturn.storage.schema import UTCDateTime, refresh_tokens, sessions, users
@@ -245,11 +245,10 @@ FROM touched AS t JOIN users AS u ON u.id = t.s_user_id
 # release defines its own. The write lock serializes writers, so each row's steps see every
 # earlier one (the claim's `changes()` is that row's).
 # - The claim: the token is live, and so are its session and user.
-# - The successor, the idle restart and the event hang on the claim; a token that is not
-#   live is left as it is, for `find_refresh_token` to tell why.
-_ROTATION_COLUMNS = (
-    "hash", "now", "idle_end", "new_id", "new_hash", "e_id", "e_type", "ip", "user_agent", "detail"
-)  # fmt: skip
+# - The successor and the idle restart hang on the claim; a token that is not live is left as
+#   it is, for `find_refresh_token` to tell why.
+# - The events follow, for the rotations that happened (`append_events` chains them at once).
+_ROTATION_COLUMNS = ("hash", "now", "idle_end", "new_id", "new_hash")
 _ROTATION_TRIGGER = (
     f"CREATE TEMP VIEW IF NOT EXISTS keyturn_rotation ({', '.join(_ROTATION_COLUMNS)})"
     f" AS SELECT {', '.join('NULL' for _ in _ROTATION_COLUMNS)}",
@@ -268,9 +267,6 @@ BEGIN
     purge_after = CASE WHEN purge_after IS NULL OR purge_after > min(expires_at, NEW.idle_end)
                        THEN min(expires_at, NEW.idle_end) ELSE purge_after END
   WHERE id = (SELECT session_id FROM refresh_tokens WHERE id = NEW.new_id);
-  INSERT INTO audit_events (id, type, occurred_at, user_id, session_id, ip, user_agent, detail)
-  SELECT NEW.e_id, NEW.e_type, NEW.now, s.user_id, s.id, NEW.ip, NEW.user_agent, NEW.detail
-  FROM refresh_tokens AS t JOIN sessions AS s ON s.id = t.session_id WHERE t.id = NEW.new_id;
 END""",
 )
 _ROTATION = table(
@@ -299,34 +295,33 @@ _ROTATED = (
 async def _rotate_in_sqlite(
     database: Database, rotations: list[Rotation]
 ) -> dict[str, tuple[Session, User]]:
-    rows, predecessors = [], {}
-    for r in rotations:
-        event = r.event
+    rows, by_successor = [], {}
+    for rotation in rotations:
         successor_id = new_id()
-        predecessors[successor_id] = r.token_hash
+        by_successor[successor_id] = rotation
         rows.append(
             {
-                "hash": r.token_hash,
-                "now": r.now,
-                "idle_end": r.idle_ends_at,
+                "hash": rotation.token_hash,
+                "now": rotation.now,
+                "idle_end": rotation.idle_ends_at,
                 "new_id": successor_id,
-                "new_hash": r.successor_hash,
-                "e_id": new_id(),
-                "e_type": event["type"],
-                "ip": event["ip"],
-                "user_agent": event["user_agent"],
-                "detail": encode_detail(event["detail"]),
+                "new_hash": rotation.successor_hash,
             }
         )
+    rotated: dict[str, tuple[Session, User]] = {}
     async with database.write() as conn:
         for statement in _ROTATION_TRIGGER:
             await conn.exec_driver_sql(statement)
         await conn.execute(_INSERT_ROTATION, rows)
-        found = await conn.execute(_ROTATED, {"b_ids": json.dumps(list(predecessors))})
-    return {
-        predecessors[row[0]]: (_session(row, 1), user_from_row(row, 1 + _SESSION_WIDTH))
-        for row in found
-    }
+        found = await conn.execute(_ROTATED, {"b_ids": json.dumps(list(by_successor))})
+        events = []
+        for row in found:
+            rotation = by_successor[row[0]]
+            session = _session(row, 1)
+            rotated[rotation.token_hash] = session, user_from_row(row, 1 + _SESSION_WIDTH)
+            events.append({**rotation.event, "user_id": session.user_id, "session_id": session.id})
+        await append_events(conn, events)
+    return rotated
 
 
 async def rotate_many(
