@@ -79,6 +79,23 @@ def test_timestamps_are_written_to_sqlite_as_its_datetime_type_writes_them(
     assert ours(None) is None
 
 
+@pytest.mark.parametrize(
+    ("stored", "moment"),
+    [
+        ("2026-11-27 05:30:00.123456", NOW),  # as keyturn writes it: naive text in UTC
+        ("2026-11-27 05:30:00", NOW.replace(microsecond=0)),
+        ("2026-11-27T07:30:00.123456+02:00", NOW),  # with an offset of its own: converted
+        ("2026-11-27T05:30:00.123456Z", NOW),
+    ],
+)
+def test_timestamps_read_from_sqlite_are_aware_and_in_utc(stored: str, moment: datetime) -> None:
+    process = UTCDateTime().result_processor(SQLITE, None)
+    read = process(stored)
+    assert read == moment
+    assert read.tzinfo is UTC
+    assert process(None) is None
+
+
 async def test_results_answer_like_sqlalchemys_own(tmp_path: Path) -> None:
     """The driver's results against SQLAlchemy's, for the same statements on the same file."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'rows.db'}"

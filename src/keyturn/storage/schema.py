@@ -25,6 +25,15 @@ from sqlalchemy.types import TypeDecorator
 metadata = MetaData()
 
 
+def sqlite_time(text: str) -> datetime:
+    """A timestamp as SQLite holds it (naive text in UTC, as `UTCDateTime` writes it): aware,
+    in UTC. Naming the offset in the text is a tenth of the cost of `replace(tzinfo=UTC)`."""
+    try:
+        return datetime.fromisoformat(text + "+00:00")
+    except ValueError:  # written with an offset of its own, by hand or by another tool
+        return datetime.fromisoformat(text).astimezone(UTC)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in Python on every backend (SQLite stores it naive, in UTC)."""
 
@@ -46,6 +55,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         def process(value: datetime | None) -> str | None:
             # The text SQLite's DATETIME type writes ("%Y-%m-%d %H:%M:%S.%f"), in one C call
             # instead of its %-format of seven attributes: a refresh binds seven timestamps.
+            if value is not None and value.tzinfo is UTC:  # the usual case: no conversion
+                return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
             naive = self.process_bind_param(value, dialect)
             return None if naive is None else naive.isoformat(" ", "microseconds")
 
@@ -55,15 +66,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
 
-        parse, utc = datetime.fromisoformat, UTC
-
         def process(value: Any) -> datetime | None:
             # SQLite hands back the text written above, parsed here without SQLAlchemy's SQLite
             # type parsing it first (the generic hook runs both): a refresh reads ten of them.
             if value.__class__ is str:
-                parsed = parse(value)
-                if parsed.tzinfo is None:
-                    return parsed.replace(tzinfo=utc)
+                return sqlite_time(value)
             return self.process_result_value(value, dialect)
 
         return process

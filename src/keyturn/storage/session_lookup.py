@@ -26,7 +26,7 @@ from keyturn.storage.batching import TurnBatch
 from keyturn.storage.database import Database
 from keyturn.storage.postgres import Connections
 from keyturn.storage.records import Session, User
-from keyturn.storage.schema import UTCDateTime, sessions, users
+from keyturn.storage.schema import UTCDateTime, sessions, sqlite_time, users
 
 
 def _prefixed(alias: str, table: Table, *, epoch_us: bool = False) -> str:
@@ -60,9 +60,7 @@ _MEMO_LIMIT = 10_000
 
 
 def _sqlite_time(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return None if value is None else sqlite_time(value)
 
 
 def _pg_time(value: int | None) -> datetime | None:
