@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import pytest
 from sqlalchemy.engine import make_url
 
 from keyturn import Keyturn
-from keyturn.errors import EmailTaken
+from keyturn.errors import EmailTaken, Unavailable
 from keyturn.storage import migrate
 from keyturn.storage import users as user_store
 from keyturn.storage.database import Database
@@ -97,6 +98,20 @@ async def test_an_answered_sqlite_write_is_in_the_file_for_any_other_connection(
     with sqlite3.connect(_file(sqlite_keyturn)) as other:
         (count,) = other.execute("SELECT count(*) FROM users WHERE email LIKE 'writer%'").fetchone()
     assert count == 8
+
+
+async def test_a_sqlite_file_that_cannot_be_opened_makes_a_write_unavailable(
+    tmp_path: Path,
+) -> None:
+    """A clean 503 (Unavailable), never the driver's own error, which would be a 500."""
+    unopenable = tmp_path / "a-directory.db"
+    unopenable.mkdir()
+    database = Database(f"sqlite+aiosqlite:///{unopenable}")
+    try:
+        with pytest.raises(Unavailable):
+            await _insert(database, 1)
+    finally:
+        await database.dispose()
 
 
 async def test_sqlite_writes_journal_their_savepoints_in_memory(sqlite_keyturn: Keyturn) -> None:

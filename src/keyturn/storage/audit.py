@@ -120,7 +120,7 @@ async def _lock_chain(conn: Connection) -> AnyRow:
 
 def encode_detail(detail: dict[str, Any]) -> str:
     """An event's `detail` as stored (the chain hashes it parsed, in canonical form)."""
-    return json.dumps(detail, sort_keys=True)
+    return json.dumps(detail, sort_keys=True) if detail else "{}"  # most have none
 
 
 async def append_events(conn: Connection, events: list[dict[str, Any]]) -> list[str]:
@@ -147,12 +147,18 @@ async def append_events(conn: Connection, events: list[dict[str, Any]]) -> list[
         for row in rows:
             seq += 1
             # What verification will read back: the time in UTC, the detail as stored.
-            stored = {
-                **row,
-                "occurred_at": row["occurred_at"].astimezone(UTC),
-                "detail": json.loads(row["detail"]),
-            }
-            digest = link_hash(stored, seq=seq, event_id=row["id"], prev_hash=prev_hash)
+            digest = canonical_hash(
+                seq=seq,
+                event_id=row["id"],
+                type=row["type"],
+                occurred_at=row["occurred_at"].astimezone(UTC),
+                user_id=row["user_id"],
+                session_id=row["session_id"],
+                ip=row["ip"],
+                user_agent=row["user_agent"],
+                detail=json.loads(row["detail"]),
+                prev_hash=prev_hash,
+            )
             row.update(seq=seq, prev_hash=prev_hash, hash=digest)
             prev_hash = digest
         await conn.execute(_INSERT, rows)

@@ -151,10 +151,13 @@ class _GroupCommitWriter:
 
     async def _open(self) -> _Batch:
         loop = asyncio.get_running_loop()
-        if self._driver is None:
-            self._driver = await loop.run_in_executor(self._thread, self._connect)
-        if not _begin_now(self._driver):
-            await loop.run_in_executor(self._thread, self._driver.execute, "BEGIN IMMEDIATE")
+        try:
+            if self._driver is None:
+                self._driver = await loop.run_in_executor(self._thread, self._connect)
+            if not _begin_now(self._driver):
+                await loop.run_in_executor(self._thread, self._driver.execute, "BEGIN IMMEDIATE")
+        except sqlite3.Error as error:  # locked past the busy timeout, unreadable, gone
+            raise Unavailable("The database is busy or unreachable; try again.") from error
         committed: asyncio.Future[None] = loop.create_future()
         # Retrieved even when every member rolled back and nobody awaits it.
         committed.add_done_callback(lambda future: future.cancelled() or future.exception())
@@ -186,6 +189,9 @@ class _GroupCommitWriter:
             raise Unavailable("The database failed mid-transaction; try again.")
         try:
             driver.execute("COMMIT")
+        except sqlite3.Error as error:  # the disk is full or failing
+            _roll_back(driver)
+            raise Unavailable("The database could not commit; try again.") from error
         except BaseException:
             _roll_back(driver)
             raise
@@ -220,7 +226,9 @@ def _begin_now(driver: sqlite3.Connection) -> bool:
     driver.execute("PRAGMA busy_timeout=0")
     try:
         driver.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError:  # busy: another process is writing
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # not another process's lock
+            raise
         return False
     finally:
         driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
