@@ -16,6 +16,7 @@ from keyturn.errors import InvalidRefreshToken, RefreshTokenReused
 from keyturn.services.context import ClientInfo
 from keyturn.services.sessions import IssuedTokens
 from keyturn.storage import audit as audit_store
+from keyturn.storage import sessions as session_store
 from keyturn.storage.database import Database
 from tests.actions import bearer, register
 from tests.instances import client_of
@@ -125,3 +126,26 @@ async def test_sqlite_rotates_through_objects_of_the_writer_s_connection_alone(
         names = [name for (name,) in other.execute("SELECT name FROM sqlite_master")]
     assert "refresh_tokens" in names
     assert not [name for name in names if name.startswith("keyturn_")]
+
+
+async def test_sqlite_rotates_after_a_batch_whose_rollback_took_the_trigger_with_it(
+    sqlite_keyturn: Keyturn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer connection's first batch creates the view and trigger inside its
+    transaction: if that transaction rolls back, they are gone, and the next batch makes them
+    again."""
+
+    class Refused(Exception):
+        pass
+
+    async def refuse(*_args: Any) -> list[str]:
+        raise Refused()
+
+    async with client_of(sqlite_keyturn) as client:
+        ada = await register(client, "ada@example.com")
+    with monkeypatch.context() as patched:
+        patched.setattr(session_store, "append_events", refuse)
+        with pytest.raises(Refused):
+            await sqlite_keyturn.sessions.refresh(ada["refresh_token"], CLIENT)
+    rotated = await sqlite_keyturn.sessions.refresh(ada["refresh_token"], CLIENT)  # unspent
+    assert rotated.user.email == "ada@example.com"

@@ -155,7 +155,7 @@ class _GroupCommitWriter:
             if self._driver is None:
                 self._driver = await loop.run_in_executor(self._thread, self._connect)
             if not _begin_now(self._driver):
-                await loop.run_in_executor(self._thread, self._driver.execute, "BEGIN IMMEDIATE")
+                await loop.run_in_executor(self._thread, _begin_waiting, self._driver)
         except sqlite3.Error as error:  # locked past the busy timeout, unreadable, gone
             raise Unavailable("The database is busy or unreachable; try again.") from error
         committed: asyncio.Future[None] = loop.create_future()
@@ -175,6 +175,9 @@ class _GroupCommitWriter:
             # page it changes in a statement journal. In a temporary file that was half of a
             # refresh's time in SQLite; in memory it is a copy (the batch's pages: kilobytes).
             driver.execute("PRAGMA temp_store=MEMORY")
+            # Never waits on the loop: BEGIN is the only statement another process can make it
+            # wait on (the transaction then holds the lock), and it waits in the thread.
+            driver.execute("PRAGMA busy_timeout=0")
         except BaseException:
             driver.close()
             raise
@@ -221,18 +224,24 @@ class _GroupCommitWriter:
 
 
 def _begin_now(driver: sqlite3.Connection) -> bool:
-    """BEGIN IMMEDIATE if the write lock is free (microseconds); False if another process
-    holds it, and then the caller waits for it off the loop."""
-    driver.execute("PRAGMA busy_timeout=0")
+    """BEGIN IMMEDIATE if the write lock is free (microseconds; the writer's busy timeout is
+    0); False if another process holds it, and then the caller waits for it off the loop."""
     try:
         driver.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as error:
         if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # not another process's lock
             raise
         return False
-    finally:
-        driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     return True
+
+
+def _begin_waiting(driver: sqlite3.Connection) -> None:
+    """In the writer's thread: BEGIN IMMEDIATE, waiting up to the busy timeout for the lock."""
+    driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    try:
+        driver.execute("BEGIN IMMEDIATE")
+    finally:
+        driver.execute("PRAGMA busy_timeout=0")
 
 
 def _roll_back(driver: sqlite3.Connection) -> None:

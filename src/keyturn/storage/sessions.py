@@ -24,6 +24,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn.ids import new_id
@@ -250,9 +251,9 @@ FROM touched AS t JOIN users AS u ON u.id = t.s_user_id
 # - The events follow, for the rotations that happened (`append_events` chains them at once).
 _ROTATION_COLUMNS = ("hash", "now", "idle_end", "new_id", "new_hash")
 _ROTATION_TRIGGER = (
-    f"CREATE TEMP VIEW IF NOT EXISTS keyturn_rotation ({', '.join(_ROTATION_COLUMNS)})"
+    f"CREATE TEMP VIEW keyturn_rotation ({', '.join(_ROTATION_COLUMNS)})"
     f" AS SELECT {', '.join('NULL' for _ in _ROTATION_COLUMNS)}",
-    """CREATE TEMP TRIGGER IF NOT EXISTS keyturn_rotate INSTEAD OF INSERT ON keyturn_rotation
+    """CREATE TEMP TRIGGER keyturn_rotate INSTEAD OF INSERT ON keyturn_rotation
 BEGIN
   UPDATE refresh_tokens SET rotated_at = NEW.now
   WHERE token_hash = NEW.hash AND rotated_at IS NULL
@@ -310,9 +311,15 @@ async def _rotate_in_sqlite(
         )
     rotated: dict[str, tuple[Session, User]] = {}
     async with database.write() as conn:
-        for statement in _ROTATION_TRIGGER:
-            await conn.exec_driver_sql(statement)
-        await conn.execute(_INSERT_ROTATION, rows)
+        try:
+            await conn.execute(_INSERT_ROTATION, rows)
+        except OperationalError as error:
+            if "no such table" not in str(error.orig):
+                raise
+            # The writer connection's first rotation (the statement failed whole, unprepared).
+            for statement in _ROTATION_TRIGGER:
+                await conn.exec_driver_sql(statement)
+            await conn.execute(_INSERT_ROTATION, rows)
         found = await conn.execute(_ROTATED, {"b_ids": json.dumps(list(by_successor))})
         events = []
         for row in found:
