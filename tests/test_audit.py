@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
@@ -26,6 +27,7 @@ from keyturn.storage import users as user_store
 from tests import instances
 from tests.actions import PASSWORD, bearer, login, register
 from tests.clock import FakeClock
+from tests.conftest import settings_for
 from tests.databases import postgres_admin_url, temporary_database
 from tests.server_process import KEYTURN, running_server, server_env
 
@@ -847,3 +849,26 @@ async def test_sqlite_chains_an_event_in_the_transaction_that_writes_it(
     report = await keyturn.audit.verify()
     assert report.is_intact
     assert report.events_checked == 2
+
+
+async def test_starting_on_sqlite_seals_what_an_earlier_release_left_before_anything_new(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """From start on, SQLite chains each event as it is written: the ones an earlier release
+    left waiting must be chained first, or the log would list them as the newest."""
+    path = tmp_path / "keyturn.db"
+    settings = settings_for(f"sqlite+aiosqlite:///{path}")
+    async with instances.started(settings, clock):
+        pass  # migrated
+    with sqlite3.connect(path) as earlier_release:  # writes an event and stops, unsealed
+        earlier_release.execute(
+            "INSERT INTO audit_events (id, type, occurred_at, detail)"
+            " VALUES ('left-waiting', 'user.registered', '2026-11-27 09:00:00.000000', '{}')"
+        )
+    async with instances.serving(settings, clock) as (again, client):
+        assert await unsealed(again) == 0
+        await register(client)
+        chained = [event_id for event_id, _ in await chain(again)]
+        assert len(chained) == 2
+        assert chained[0] == "left-waiting"
+        assert (await again.audit.verify()).is_intact

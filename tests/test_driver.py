@@ -86,6 +86,7 @@ def test_timestamps_are_written_to_sqlite_as_its_datetime_type_writes_them(
         ("2026-11-27 05:30:00", NOW.replace(microsecond=0)),
         ("2026-11-27T07:30:00.123456+02:00", NOW),  # with an offset of its own: converted
         ("2026-11-27T05:30:00.123456Z", NOW),
+        ("2026-11-27", NOW.replace(hour=0, minute=0, second=0, microsecond=0)),  # a date alone
     ],
 )
 def test_timestamps_read_from_sqlite_are_aware_and_in_utc(stored: str, moment: datetime) -> None:

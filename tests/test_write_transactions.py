@@ -114,6 +114,27 @@ async def test_a_sqlite_file_that_cannot_be_opened_makes_a_write_unavailable(
         await database.dispose()
 
 
+async def test_a_write_cancelled_while_waiting_for_another_process_s_lock_leaves_none_open(
+    sqlite_keyturn: Keyturn,
+) -> None:
+    """Its BEGIN goes on waiting in the writer's thread; when it gets the lock after all, the
+    transaction nobody owns is rolled back, before the connection serves the next write."""
+    keyturn = sqlite_keyturn
+    other = sqlite3.connect(_file(keyturn), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    waiting = asyncio.create_task(_insert(keyturn.database, 1))
+    await asyncio.sleep(0.2)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    other.execute("COMMIT")
+    await asyncio.wait_for(_insert(keyturn.database, 2), timeout=5)
+    assert not await _exists(keyturn.database, 1)
+    assert await _exists(keyturn.database, 2)
+    other.execute("BEGIN IMMEDIATE")  # the lock is free again for another process
+    other.execute("ROLLBACK")
+    other.close()
+
+
 async def test_sqlite_writes_journal_their_savepoints_in_memory(sqlite_keyturn: Keyturn) -> None:
     """Every transaction is a savepoint of a shared one (group commit), and SQLite copies each
     page it first changes there to a statement journal: a temporary file by default, which cost

@@ -167,6 +167,10 @@ class Keyturn:
             await migrate.upgrade(self.database)
         await self.keys.ensure_signing_key()
         await self.sessions.load_secrets()
+        if self.database.is_sqlite:
+            # From here on SQLite chains each event as it is written (storage/audit.py): the
+            # events an earlier release left waiting go first, in the order they happened.
+            await self.audit.seal()
         if background:
             self._tasks.append(asyncio.create_task(self.audit.keep_sealing()))
             self._tasks.append(

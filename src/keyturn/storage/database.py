@@ -125,6 +125,9 @@ class _GroupCommitWriter:
         self._lock = asyncio.Lock()
         self._batch: _Batch | None = None
         self._committers: set[asyncio.Task[None]] = set()
+        # Work a cancelled caller left running in the thread, then undone there (`_in_thread`):
+        # the connection is not used again before it ends.
+        self._settling: asyncio.Future[None] | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -152,10 +155,14 @@ class _GroupCommitWriter:
     async def _open(self) -> _Batch:
         loop = asyncio.get_running_loop()
         try:
+            if self._settling is not None:
+                await asyncio.shield(self._settling)
+                self._settling = None
             if self._driver is None:
-                self._driver = await loop.run_in_executor(self._thread, self._connect)
+                await self._in_thread(self._connect)
+            assert self._driver is not None  # noqa: S101 (set by `_connect`)
             if not _begin_now(self._driver):
-                await loop.run_in_executor(self._thread, _begin_waiting, self._driver)
+                await self._in_thread(_begin_waiting, self._driver)
         except sqlite3.Error as error:  # locked past the busy timeout, unreadable, gone
             raise Unavailable("The database is busy or unreachable; try again.") from error
         committed: asyncio.Future[None] = loop.create_future()
@@ -167,7 +174,23 @@ class _GroupCommitWriter:
         committer.add_done_callback(self._committers.discard)
         return batch
 
-    def _connect(self) -> sqlite3.Connection:
+    async def _in_thread(self, work: Callable[..., None], *args: Any) -> None:
+        """`work` in the writer's thread. A caller cancelled meanwhile leaves it running (a
+        BEGIN waiting for another process's lock); what it leaves open is rolled back after it,
+        in the thread, and the loop waits for that before it uses the connection again."""
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._thread, work, *args)
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self._settling = loop.run_in_executor(self._thread, self._undo)
+            raise
+
+    def _undo(self) -> None:
+        if self._driver is not None:
+            _roll_back(self._driver)
+
+    def _connect(self) -> None:
         driver = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             prepare_sqlite(driver)
@@ -181,7 +204,7 @@ class _GroupCommitWriter:
         except BaseException:
             driver.close()
             raise
-        return driver
+        self._driver = driver  # here, so that a cancelled caller does not lose it
 
     def _finish(self, batch: _Batch) -> None:
         """In the writer's thread: one COMMIT (one fsync) for every transaction in the batch."""
@@ -203,9 +226,8 @@ class _GroupCommitWriter:
         # Queued on the lock behind every transaction that was waiting when the batch opened.
         async with self._lock:
             self._batch = None
-            loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self._thread, self._finish, batch)
+                await self._in_thread(self._finish, batch)
             except asyncio.CancelledError:
                 batch.committed.cancel()
                 raise
@@ -217,7 +239,7 @@ class _GroupCommitWriter:
     async def dispose(self) -> None:
         if self._committers:
             await asyncio.gather(*self._committers, return_exceptions=True)
-        self._thread.shutdown(wait=True)
+        self._thread.shutdown(wait=True)  # after anything a cancelled caller left running
         if self._driver is not None:
             self._driver.close()
             self._driver = None
