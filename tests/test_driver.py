@@ -21,9 +21,9 @@ NOW = datetime(2026, 11, 27, 5, 30, 0, 123456, tzinfo=UTC)
 
 @pytest.mark.parametrize("dialect", [SQLITE, POSTGRESQL], ids=["sqlite", "postgresql"])
 def test_a_statement_is_compiled_once_per_dialect_and_inserted_columns(dialect: Dialect) -> None:
-    claim = session_store._ROTATED  # a SELECT with a subquery: result columns of its own
-    parameters = {"b_ids": "[]"}
-    assert _plan(claim, parameters, dialect) is _plan(claim, parameters, dialect)
+    joined = session_store._TOKEN_SESSION_AND_USER  # a join: result columns of its own
+    parameters = {"b_hash": "h"}
+    assert _plan(joined, parameters, dialect) is _plan(joined, parameters, dialect)
     insert = session_store._INSERT_TOKEN
     row = {c.name: None for c in refresh_tokens.c}
     assert _plan(insert, row, dialect) is _plan(insert, [row, row], dialect)

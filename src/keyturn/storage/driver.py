@@ -279,6 +279,13 @@ class SqliteConnection:
             raise _translate_sqlite(error, plan.sql) from error
         return cast(CursorResult[Any], result)
 
+    async def fetch_sql(self, sql: str, *args: Any) -> list[Any]:
+        """A statement written in SQL: the driver's own rows (tuples), nothing converted."""
+        try:
+            return self._driver.execute(sql, args).fetchall()
+        except sqlite3.Error as error:
+            raise _translate_sqlite(error, sql) from error
+
     async def exec_driver_sql(self, statement: str, /) -> CursorResult[Any]:
         try:
             self._driver.execute(statement).fetchall()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -51,6 +52,9 @@ class Session:
         return self.revoked_at is None and self.ends_at > now
 
 
+_SESSION_FIELDS = len(fields(Session))  # the sessions table's columns, in order
+
+
 @dataclass(frozen=True, slots=True)
 class RefreshToken:
     id: str
@@ -85,3 +89,40 @@ class SigningKey:
     created_at: datetime
     retired_at: datetime | None
     publish_until: datetime | None
+
+
+def session_and_user(row: Any, time: Callable[[Any], Any]) -> tuple[Session, User]:
+    """A session and its user from one raw row of the session's columns and then the user's,
+    in table order (a test pins the fields to it), as a driver returns them: `time` turns
+    the driver's timestamps into aware datetimes. On the hot paths, without SQLAlchemy's rows.
+    """
+    s = row[:_SESSION_FIELDS]
+    u = row[_SESSION_FIELDS:]
+    session = Session(
+        id=s[0],
+        user_id=s[1],
+        rotation_key=bytes(s[2]),
+        created_at=time(s[3]),
+        authenticated_at=time(s[4]),
+        last_seen_at=time(s[5]),
+        expires_at=time(s[6]),
+        ends_at=time(s[7]),
+        revoked_at=time(s[8]),
+        revoke_reason=s[9],
+        ip=s[10],
+        user_agent=s[11],
+        purge_after=time(s[12]),
+    )
+    user = User(
+        id=u[0],
+        email=u[1],
+        name=u[2],
+        password_hash=u[3],
+        email_verified=bool(u[4]),
+        is_admin=bool(u[5]),
+        is_disabled=bool(u[6]),
+        created_at=time(u[7]),
+        updated_at=time(u[8]),
+        deleted_at=time(u[9]),
+    )
+    return session, user

@@ -37,6 +37,10 @@ def sqlite_time(text: str) -> datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+def optional_sqlite_time(value: str | None) -> datetime | None:
+    return None if value is None else sqlite_time(value)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in Python on every backend (SQLite stores it naive, in UTC)."""
 

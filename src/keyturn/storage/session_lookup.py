@@ -25,8 +25,8 @@ from keyturn.storage import sessions as session_store
 from keyturn.storage.batching import TurnBatch
 from keyturn.storage.database import Database
 from keyturn.storage.postgres import Connections
-from keyturn.storage.records import Session, User
-from keyturn.storage.schema import UTCDateTime, sessions, sqlite_time, users
+from keyturn.storage.records import Session, User, session_and_user
+from keyturn.storage.schema import UTCDateTime, optional_sqlite_time, sessions, users
 
 
 def _prefixed(alias: str, table: Table, *, epoch_us: bool = False) -> str:
@@ -55,12 +55,7 @@ def _select(*, epoch_us: bool) -> str:
 
 _SQLITE_SELECT = _select(epoch_us=False) + "= ?"
 _POSTGRES_SELECT = _select(epoch_us=True) + "= ANY($1::varchar[])"
-_SESSION_FIELDS = len(sessions.c)
 _MEMO_LIMIT = 10_000
-
-
-def _sqlite_time(value: Any) -> datetime | None:
-    return None if value is None else sqlite_time(value)
 
 
 def _pg_time(value: int | None) -> datetime | None:
@@ -68,38 +63,6 @@ def _pg_time(value: int | None) -> datetime | None:
         return None
     seconds, microseconds = divmod(value, 1_000_000)
     return datetime.fromtimestamp(seconds, UTC).replace(microsecond=microseconds)
-
-
-def _records(row: Any, time: Any) -> tuple[Session, User]:
-    s, u = row[:_SESSION_FIELDS], row[_SESSION_FIELDS:]
-    session = Session(
-        id=s[0],
-        user_id=s[1],
-        rotation_key=bytes(s[2]),
-        created_at=time(s[3]),
-        authenticated_at=time(s[4]),
-        last_seen_at=time(s[5]),
-        expires_at=time(s[6]),
-        ends_at=time(s[7]),
-        revoked_at=time(s[8]),
-        revoke_reason=s[9],
-        ip=s[10],
-        user_agent=s[11],
-        purge_after=time(s[12]),
-    )
-    user = User(
-        id=u[0],
-        email=u[1],
-        name=u[2],
-        password_hash=u[3],
-        email_verified=bool(u[4]),
-        is_admin=bool(u[5]),
-        is_disabled=bool(u[6]),
-        created_at=time(u[7]),
-        updated_at=time(u[8]),
-        deleted_at=time(u[9]),
-    )
-    return session, user
 
 
 class SessionLookup:
@@ -144,7 +107,7 @@ class SessionLookup:
         # fetchall, not fetchone: stepping to the end resets the statement, so no read
         # transaction (and no stale WAL snapshot) outlives this call.
         rows = reader.execute(_SQLITE_SELECT, (session_id,)).fetchall()
-        found = self._remember(session_id, rows[0] if rows else None, _sqlite_time)
+        found = self._remember(session_id, rows[0] if rows else None, optional_sqlite_time)
         if found is not None and len(self._unchanged) < _MEMO_LIMIT:
             self._unchanged[session_id] = found
         return found
@@ -166,7 +129,7 @@ class SessionLookup:
         known = self._built.get(session_id)
         if known is not None and known[0] == row:
             return known[1]
-        records = _records(row, time)
+        records = session_and_user(row, time)
         if len(self._built) >= _MEMO_LIMIT:
             self._built.clear()
         self._built[session_id] = (row, records)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     String,
@@ -30,8 +30,15 @@ from sqlalchemy.sql.elements import ColumnElement
 from keyturn.ids import new_id
 from keyturn.storage.audit import append_events, encode_detail
 from keyturn.storage.database import Connection, Database
-from keyturn.storage.records import AnyRow, RefreshToken, Session, User
-from keyturn.storage.schema import UTCDateTime, refresh_tokens, sessions, users
+from keyturn.storage.driver import SqliteConnection
+from keyturn.storage.records import AnyRow, RefreshToken, Session, User, session_and_user
+from keyturn.storage.schema import (
+    UTCDateTime,
+    optional_sqlite_time,
+    refresh_tokens,
+    sessions,
+    users,
+)
 from keyturn.storage.users import user_from_row
 
 _SESSION_COLUMNS = [c.label(f"s_{c.name}") for c in sessions.c]
@@ -280,16 +287,12 @@ _ROTATION = table(
 )
 _INSERT_ROTATION = insert(_ROTATION)
 # What the rotations left: each successor stored, by its new id, with its session and user (its
-# hash may have been stored before: a token presented again has the same successor).
+# hash may have been stored before: a token presented again has the same successor). Raw rows:
+# SQLAlchemy's row building cost more than the query.
 _ROTATED = (
-    select(refresh_tokens.c.id, *_SESSION_COLUMNS, users)
-    .join_from(refresh_tokens, sessions, refresh_tokens.c.session_id == sessions.c.id)
-    .join(users, sessions.c.user_id == users.c.id)
-    .where(
-        refresh_tokens.c.id.in_(
-            select(column("value")).select_from(func.json_each(bindparam("b_ids")))
-        )
-    )
+    f"SELECT t.id, {_from('s', sessions)}, {_from('u', users)} FROM refresh_tokens AS t"  # noqa: S608
+    " JOIN sessions AS s ON s.id = t.session_id JOIN users AS u ON u.id = s.user_id"
+    " WHERE t.id IN (SELECT value FROM json_each(?))"
 )
 
 
@@ -320,13 +323,16 @@ async def _rotate_in_sqlite(
             for statement in _ROTATION_TRIGGER:
                 await conn.exec_driver_sql(statement)
             await conn.execute(_INSERT_ROTATION, rows)
-        found = await conn.execute(_ROTATED, {"b_ids": json.dumps(list(by_successor))})
+        found = await cast(SqliteConnection, conn).fetch_sql(
+            _ROTATED, json.dumps(list(by_successor))
+        )
         events = []
         for row in found:
             rotation = by_successor[row[0]]
-            session = _session(row, 1)
-            rotated[rotation.token_hash] = session, user_from_row(row, 1 + _SESSION_WIDTH)
-            events.append({**rotation.event, "user_id": session.user_id, "session_id": session.id})
+            session, user = rotated[rotation.token_hash] = session_and_user(
+                row[1:], optional_sqlite_time
+            )
+            events.append({**rotation.event, "user_id": user.id, "session_id": session.id})
         await append_events(conn, events)
     return rotated
 
