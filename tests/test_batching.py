@@ -35,6 +35,23 @@ async def test_submissions_of_one_turn_share_one_call_and_get_their_own_answers(
     assert len(run.calls) == 2
 
 
+async def test_with_until_submissions_of_later_turns_join_until_it_returns() -> None:
+    """SQLite: refreshes that arrive while a commit is being flushed would only queue behind
+    it, so they join the batch waiting for it instead of forming batches of their own."""
+    run = Recorder()
+    flushed = asyncio.Event()
+    batch = TurnBatch(run, until=flushed.wait)
+    first = asyncio.create_task(batch.submit("a", 1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a later turn
+    second = asyncio.create_task(batch.submit("b", 2))
+    await asyncio.sleep(0)
+    assert run.calls == []  # still gathering
+    flushed.set()
+    assert list(await asyncio.gather(first, second)) == [2, 4]
+    assert run.calls == [{"a": 1, "b": 2}]
+
+
 async def test_without_sharing_a_repeated_key_is_answered_as_after_the_batch() -> None:
     run = Recorder()
     batch = TurnBatch(run, share=False)

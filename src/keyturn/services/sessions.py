@@ -86,7 +86,9 @@ class SessionService:
         # PostgreSQL, in one write transaction on SQLite. Two requests with the same token in
         # one batch: with a grace period the second gets the first's answer, the same
         # successor a retry gets; without one, it is reuse.
-        self._rotations = TurnBatch(self._rotate_many, share=self._grace > timedelta(0))
+        self._rotations = TurnBatch(
+            self._rotate_many, share=self._grace > timedelta(0), until=database.flushed
+        )
         self._rotated = metrics.refreshes.labels("rotated")  # every refresh: looked up once
 
     async def load_secrets(self) -> None:

@@ -32,6 +32,9 @@ class TurnBatch(Generic[K, T, V]):
 
     A later submission of a key already in the batch shares the first one's answer, or, with
     `share=False`, is answered None, as if it had come after the batch.
+
+    With `until`, the batch stays open after its turn until `until()` returns: for work that
+    would only queue meanwhile (SQLite's writes, while a commit is flushed).
     """
 
     def __init__(
@@ -39,9 +42,11 @@ class TurnBatch(Generic[K, T, V]):
         run: Callable[[dict[K, T]], Awaitable[Mapping[K, V | Exception]]],
         *,
         share: bool = True,
+        until: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._run = run
         self._share = share
+        self._until = until
         self._gathering: dict[K, tuple[T, list[asyncio.Future[Any]]]] | None = None
 
     async def submit(self, key: K, item: T) -> V | None:
@@ -59,6 +64,8 @@ class TurnBatch(Generic[K, T, V]):
         try:
             try:
                 await asyncio.sleep(0)  # the requests of this turn of the loop join
+                if self._until is not None:
+                    await self._until()  # ... and those of the turns until it returns
             finally:
                 self._gathering = None
             answers = await self._run({k: entry[0] for k, entry in gathering.items()})

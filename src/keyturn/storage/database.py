@@ -128,6 +128,14 @@ class _GroupCommitWriter:
         # Work a cancelled caller left running in the thread, then undone there (`_in_thread`):
         # the connection is not used again before it ends.
         self._settling: asyncio.Future[None] | None = None
+        self._flushing: asyncio.Future[None] | None = None  # a COMMIT in the thread
+
+    async def flushed(self) -> None:
+        """Return once the COMMIT being flushed, if any, has been: a transaction started
+        before then would only queue behind it. One flush at most: after it the caller queues
+        for the lock in turn, as every other writer does."""
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -226,6 +234,7 @@ class _GroupCommitWriter:
         # Queued on the lock behind every transaction that was waiting when the batch opened.
         async with self._lock:
             self._batch = None
+            flushing = self._flushing = asyncio.get_running_loop().create_future()
             try:
                 await self._in_thread(self._finish, batch)
             except asyncio.CancelledError:
@@ -235,6 +244,9 @@ class _GroupCommitWriter:
                 batch.committed.set_exception(error)
             else:
                 batch.committed.set_result(None)
+            finally:
+                self._flushing = None
+                flushing.set_result(None)
 
     async def dispose(self) -> None:
         if self._committers:
@@ -408,6 +420,12 @@ class Database:
         elif self.postgres is not None:
             async with translate_errors(), self.postgres.transaction() as raw:
                 yield AsyncpgConnection(raw)
+
+    async def flushed(self) -> None:
+        """SQLite: return once the group commit being flushed, if any, has been (at once on
+        PostgreSQL)."""
+        if self._group is not None:
+            await self._group.flushed()
 
     async def ping(self) -> bool:
         try:
