@@ -147,18 +147,12 @@ async def append_events(conn: Connection, events: list[dict[str, Any]]) -> list[
         for row in rows:
             seq += 1
             # What verification will read back: the time in UTC, the detail as stored.
-            digest = canonical_hash(
-                seq=seq,
-                event_id=row["id"],
-                type=row["type"],
-                occurred_at=row["occurred_at"].astimezone(UTC),
-                user_id=row["user_id"],
-                session_id=row["session_id"],
-                ip=row["ip"],
-                user_agent=row["user_agent"],
-                detail=json.loads(row["detail"]),
-                prev_hash=prev_hash,
-            )
+            stored = {
+                **row,
+                "occurred_at": row["occurred_at"].astimezone(UTC),
+                "detail": json.loads(row["detail"]),
+            }
+            digest = link_hash(stored, seq=seq, event_id=row["id"], prev_hash=prev_hash)
             row.update(seq=seq, prev_hash=prev_hash, hash=digest)
             prev_hash = digest
         await conn.execute(_INSERT, rows)

@@ -107,9 +107,9 @@ class TokenResponse(BaseModel):
 
 
 class UserJson:
-    """`UserOut` as JSON, built once per version of each user: GET /me and every refresh
-    answer with it. A record equal to the one it was built from (the same row, read
-    again) reuses the bytes; any change to the user is a different record."""
+    """`UserOut` as JSON, built once per version of each user by each router that keeps one
+    (GET /me's, and the refresh answer's). A record equal to the one it was built from (the
+    same row, read again) reuses the bytes; any change to the user is a different record."""
 
     def __init__(self, limit: int = 10_000) -> None:
         self._limit = limit
