@@ -69,6 +69,25 @@ async def test_refreshes_made_together_each_get_their_own_answer(
         await keyturn.sessions.refresh(live[1], CLIENT)
 
 
+async def test_each_refresh_of_a_batch_gets_an_access_token_of_its_own_for_its_session(
+    keyturn: Keyturn, client: httpx.AsyncClient
+) -> None:
+    """The batch's access tokens are signed while its commit is flushed; a second request with
+    the same refresh token (a retry in the grace period) still gets one of its own."""
+    people = [await register(client, f"user{i}@example.com") for i in range(3)]
+    tokens = [p["refresh_token"] for p in people]
+    answers = await _refresh_all(keyturn, [*tokens, tokens[0]])
+
+    *rotated, again = answers
+    assert again.refresh_token == rotated[0].refresh_token
+    assert len({a.access_token for a in answers}) == 4
+    for answer in answers:
+        claims = keyturn.sessions.codec.verify(answer.access_token, now=keyturn.clock())
+        assert (claims.session_id, claims.subject) == (answer.session.id, answer.user.id)
+        me = await client.get("/me", headers={"Authorization": f"Bearer {answer.access_token}"})
+        assert me.json()["email"] == answer.user.email
+
+
 async def test_each_refresh_of_a_batch_writes_one_event_for_its_own_session(
     keyturn: Keyturn, client: httpx.AsyncClient
 ) -> None:

@@ -61,6 +61,40 @@ async def test_concurrent_writes_all_commit_and_a_failing_one_rolls_back_alone(
     assert [i for i in range(24) if not await _exists(database, i)] == [7]
 
 
+async def test_work_while_flushing_runs_after_a_block_that_succeeded_before_it_returns(
+    keyturn: Keyturn,
+) -> None:
+    database = keyturn.database
+    order: list[str] = []
+    flushing: list[bool] = []
+
+    def prepare() -> None:
+        order.append("prepared")
+        if database.is_sqlite:  # the batch's COMMIT is in the writer's thread meanwhile
+            flushing.append(database._group._flushing is not None)  # type: ignore[union-attr]
+
+    async with database.write(while_flushing=prepare) as conn:
+        await user_store.insert_user(
+            conn,
+            user_id=f"{1:032x}",
+            email="writer1@example.com",
+            name=None,
+            password_hash="x",
+            is_admin=False,
+            now=datetime.now(UTC),
+        )
+        order.append("block")
+    order.append("returned")
+    assert order == ["block", "prepared", "returned"]
+    assert await _exists(database, 1)
+    assert flushing == ([True] if database.is_sqlite else [])
+
+    with pytest.raises(Refused):
+        async with database.write(while_flushing=lambda: order.append("again")):
+            raise Refused()
+    assert "again" not in order
+
+
 async def test_an_email_conflict_fails_only_its_own_transaction(keyturn: Keyturn) -> None:
     database = keyturn.database
     await _insert(database, 1)

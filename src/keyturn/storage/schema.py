@@ -41,6 +41,17 @@ def optional_sqlite_time(value: str | None) -> datetime | None:
     return None if value is None else sqlite_time(value)
 
 
+def sqlite_text(value: datetime) -> str:
+    """An aware timestamp as SQLite holds it: the text SQLite's DATETIME type writes
+    ("%Y-%m-%d %H:%M:%S.%f", naive, in UTC), in one C call instead of its %-format of seven
+    attributes."""
+    if value.tzinfo is not UTC:  # the usual case needs no conversion
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in Python on every backend (SQLite stores it naive, in UTC)."""
 
@@ -60,12 +71,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             return super().bind_processor(dialect)
 
         def process(value: datetime | None) -> str | None:
-            # The text SQLite's DATETIME type writes ("%Y-%m-%d %H:%M:%S.%f"), in one C call
-            # instead of its %-format of seven attributes: a refresh binds seven timestamps.
-            if value is not None and value.tzinfo is UTC:  # the usual case: no conversion
-                return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
-            naive = self.process_bind_param(value, dialect)
-            return None if naive is None else naive.isoformat(" ", "microseconds")
+            return None if value is None else sqlite_text(value)
 
         return process
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
+import orjson
 from sqlalchemy import (
     String,
     Table,
@@ -14,13 +15,11 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
-    column,
     delete,
     func,
     insert,
     or_,
     select,
-    table,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -33,10 +32,10 @@ from keyturn.storage.database import Connection, Database
 from keyturn.storage.driver import SqliteConnection
 from keyturn.storage.records import AnyRow, RefreshToken, Session, User, session_and_user
 from keyturn.storage.schema import (
-    UTCDateTime,
     optional_sqlite_time,
     refresh_tokens,
     sessions,
+    sqlite_text,
     users,
 )
 from keyturn.storage.users import user_from_row
@@ -277,15 +276,13 @@ BEGIN
   WHERE id = (SELECT session_id FROM refresh_tokens WHERE id = NEW.new_id);
 END""",
 )
-_ROTATION = table(
-    "keyturn_rotation",
-    *(
-        column(name, UTCDateTime()) if name in ("now", "idle_end") else column(name, String())
-        for name in _ROTATION_COLUMNS
-    ),
-    schema="temp",
+# A batch of rotations is one statement, one step inside SQLite: rows of the view from a
+# JSON array, no parameters bound per row.
+_ROTATE_ALL = (
+    f"INSERT INTO temp.keyturn_rotation ({', '.join(_ROTATION_COLUMNS)}) SELECT "  # noqa: S608
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_ROTATION_COLUMNS)))
+    + " FROM json_each(?)"
 )
-_INSERT_ROTATION = insert(_ROTATION)
 # What the rotations left: each successor stored, by its new id, with its session and user (its
 # hash may have been stored before: a token presented again has the same successor). Raw rows:
 # SQLAlchemy's row building cost more than the query.
@@ -296,36 +293,40 @@ _ROTATED = (
 )
 
 
+Rotated = dict[str, tuple[Session, User]]  # by the presented token's hash
+
+
 async def _rotate_in_sqlite(
-    database: Database, rotations: list[Rotation]
-) -> dict[str, tuple[Session, User]]:
+    database: Database, rotations: list[Rotation], prepare: Callable[[Rotated], object] | None
+) -> Rotated:
     rows, by_successor = [], {}
     for rotation in rotations:
         successor_id = new_id()
         by_successor[successor_id] = rotation
         rows.append(
-            {
-                "hash": rotation.token_hash,
-                "now": rotation.now,
-                "idle_end": rotation.idle_ends_at,
-                "new_id": successor_id,
-                "new_hash": rotation.successor_hash,
-            }
+            (
+                rotation.token_hash,
+                sqlite_text(rotation.now),
+                sqlite_text(rotation.idle_ends_at),
+                successor_id,
+                rotation.successor_hash,
+            )
         )
-    rotated: dict[str, tuple[Session, User]] = {}
-    async with database.write() as conn:
+    payload = orjson.dumps(rows).decode()  # text: SQLite 3.45+ reads a BLOB as JSONB
+    rotated: Rotated = {}
+    while_flushing = None if prepare is None else lambda: prepare(rotated)
+    async with database.write(while_flushing=while_flushing) as conn:
+        sqlite = cast(SqliteConnection, conn)
         try:
-            await conn.execute(_INSERT_ROTATION, rows)
+            await sqlite.fetch_sql(_ROTATE_ALL, payload)
         except OperationalError as error:
             if "no such table" not in str(error.orig):
                 raise
             # The writer connection's first rotation (the statement failed whole, unprepared).
             for statement in _ROTATION_TRIGGER:
                 await conn.exec_driver_sql(statement)
-            await conn.execute(_INSERT_ROTATION, rows)
-        found = await cast(SqliteConnection, conn).fetch_sql(
-            _ROTATED, json.dumps(list(by_successor))
-        )
+            await sqlite.fetch_sql(_ROTATE_ALL, payload)
+        found = await sqlite.fetch_sql(_ROTATED, orjson.dumps(list(by_successor)).decode())
         events = []
         for row in found:
             rotation = by_successor[row[0]]
@@ -338,8 +339,10 @@ async def _rotate_in_sqlite(
 
 
 async def rotate_many(
-    database: Database, rotations: list[Rotation]
-) -> dict[str, tuple[Session, User]]:
+    database: Database,
+    rotations: list[Rotation],
+    prepare: Callable[[Rotated], object] | None = None,
+) -> Rotated:
     """A refresh's common case, for many tokens at once, each one alone: mark the live token
     rotated, store its successor, restart the session's idle clock (never past its expiry) and
     write the event for the session and its user. The session (as it is after) and user of
@@ -347,11 +350,14 @@ async def rotate_many(
     session or user neither), and nothing was written for it (`find_refresh_token` then tells
     why). Safe to repeat: a repeat finds every token already rotated.
 
+    `prepare` gets that answer before the call returns: on SQLite while the commit is flushed
+    (see `Database.write`), so it must not raise.
+
     On PostgreSQL rows are locked in the order of the tokens' hashes, so two batches that share
     tokens (the same token presented to two instances) wait for each other instead of
     deadlocking."""
     if database.postgres is None:
-        return await _rotate_in_sqlite(database, rotations)
+        return await _rotate_in_sqlite(database, rotations, prepare)
     rotations = sorted(rotations, key=lambda rotation: rotation.token_hash)
     records = await database.fetch_sql(
         _ROTATE_MANY,
@@ -366,7 +372,12 @@ async def rotate_many(
         [r.event["user_agent"] for r in rotations],
         [encode_detail(r.event["detail"]) for r in rotations],
     )
-    return {row[0]: (_session(row, 1), user_from_row(row, 1 + _SESSION_WIDTH)) for row in records}
+    rotated = {
+        row[0]: (_session(row, 1), user_from_row(row, 1 + _SESSION_WIDTH)) for row in records
+    }
+    if prepare is not None:
+        prepare(rotated)
+    return rotated
 
 
 @dataclass(frozen=True, slots=True)
