@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -817,6 +818,53 @@ async def test_pruning_leaves_events_written_after_the_seal_to_the_next_one(
     report = await keyturn.audit.verify()
     assert report.is_intact
     assert report.events_checked == 1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"user_id": "u" * 32, "session_id": "s" * 32, "ip": "203.0.113.7", "user_agent": None},
+        {
+            "user_id": None,
+            "session_id": None,
+            "ip": None,
+            "user_agent": 'Zoë "quoted" \\ 中 😀\u2028',
+        },
+        {"user_id": "u", "session_id": "\x00\x1f\x7f", "ip": "::1", "user_agent": "a\tb\nc"},
+    ],
+)
+@pytest.mark.parametrize(
+    "detail",
+    [{}, {"reason": "logout", "n": -3, "f": 1.5, "nested": {"b": [1, None, "é"], "a": True}}],
+)
+def test_an_event_hashes_as_the_compact_sorted_ascii_json_of_its_fields(
+    fields: dict[str, Any], detail: dict[str, Any]
+) -> None:
+    """Every event ever chained was hashed over this form; `audit verify` recomputes it."""
+    occurred_at = datetime(2026, 11, 27, 16, 0, 0, 123456, tzinfo=timezone(timedelta(hours=1)))
+    content = {
+        "seq": 2**40 + 7,
+        "id": "e" * 32,
+        "type": "session.refreshed",
+        "occurred_at": occurred_at.isoformat(timespec="microseconds"),
+        "detail": detail,
+        "prev_hash": "0" * 64,
+        **fields,
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    expected = hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    assert (
+        audit_store.canonical_hash(
+            seq=content["seq"],
+            event_id=content["id"],
+            type=content["type"],
+            occurred_at=occurred_at,
+            detail=detail,
+            prev_hash=content["prev_hash"],
+            **fields,
+        )
+        == expected
+    )
 
 
 async def test_sqlite_chains_an_event_in_the_transaction_that_writes_it(

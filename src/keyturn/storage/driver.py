@@ -286,6 +286,13 @@ class SqliteConnection:
         except sqlite3.Error as error:
             raise _translate_sqlite(error, sql) from error
 
+    async def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """A statement written in SQL, once per row of values bound as they are."""
+        try:
+            self._driver.executemany(sql, rows)
+        except sqlite3.Error as error:
+            raise _translate_sqlite(error, sql) from error
+
     async def exec_driver_sql(self, statement: str, /) -> CursorResult[Any]:
         try:
             self._driver.execute(statement).fetchall()
