@@ -428,9 +428,10 @@ class Database:
         `while_flushing` runs once the block has succeeded and before it returns: on SQLite
         while the COMMIT is flushed in the writer's thread, milliseconds in which the loop
         would otherwise wait with nothing to do under a burst of writes; on PostgreSQL after
-        the commit. It prepares what the caller would do after the commit anyway (a refresh's
-        signature), and must not raise: the transaction is already on its way to the disk,
-        and whatever it prepared is discarded if the commit fails (the block then raises).
+        the commit. It prepares what the caller would do after the commit anyway (parsing a
+        refresh's answer, its signature); whatever it prepared is discarded if the commit fails
+        (the block then raises). An error it raises reaches the caller after the commit: the
+        transaction was already on its way to the disk.
         """
         if self._group is not None:
             async with (

@@ -286,6 +286,8 @@ _ROTATE_ALL = (
 # What the rotations left: each successor stored, by its new id, with its session and user (its
 # hash may have been stored before: a token presented again has the same successor). Raw rows:
 # SQLAlchemy's row building cost more than the query.
+# Where `_ROTATED`'s rows hold the session's id and its user's (after the successor's id).
+_SESSION_ID, _USER_ID = (1 + [c.name for c in sessions.c].index(n) for n in ("id", "user_id"))
 _ROTATED = (
     f"SELECT t.id, {_from('s', sessions)}, {_from('u', users)} FROM refresh_tokens AS t"  # noqa: S608
     " JOIN sessions AS s ON s.id = t.session_id JOIN users AS u ON u.id = s.user_id"
@@ -313,9 +315,18 @@ async def _rotate_in_sqlite(
             )
         )
     payload = orjson.dumps(rows).decode()  # text: SQLite 3.45+ reads a BLOB as JSONB
+    found: list[Any] = []
     rotated: Rotated = {}
-    while_flushing = None if prepare is None else lambda: prepare(rotated)
-    async with database.write(while_flushing=while_flushing) as conn:
+
+    def answer() -> None:
+        # While the commit is flushed: the rows are read, what is left is parsing them.
+        for row in found:
+            token_hash = by_successor[row[0]].token_hash
+            rotated[token_hash] = session_and_user(row[1:], optional_sqlite_time)
+        if prepare is not None:
+            prepare(rotated)
+
+    async with database.write(while_flushing=answer) as conn:
         sqlite = cast(SqliteConnection, conn)
         try:
             await sqlite.fetch_sql(_ROTATE_ALL, payload)
@@ -327,13 +338,10 @@ async def _rotate_in_sqlite(
                 await conn.exec_driver_sql(statement)
             await sqlite.fetch_sql(_ROTATE_ALL, payload)
         found = await sqlite.fetch_sql(_ROTATED, orjson.dumps(list(by_successor)).decode())
-        events = []
-        for row in found:
-            rotation = by_successor[row[0]]
-            session, user = rotated[rotation.token_hash] = session_and_user(
-                row[1:], optional_sqlite_time
-            )
-            events.append({**rotation.event, "user_id": user.id, "session_id": session.id})
+        events = [
+            {**by_successor[row[0]].event, "user_id": row[_USER_ID], "session_id": row[_SESSION_ID]}
+            for row in found
+        ]
         await append_events(conn, events)
     return rotated
 
