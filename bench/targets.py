@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,18 @@ def _at_most(name: str, value: float | None, ceiling: float, goal: str) -> Targe
     return Target(name, goal, value, None if value is None else value <= ceiling)
 
 
+def _refresh_vs_me(rps: Callable[[str], float | None]) -> float | None:
+    """Both refresh rows against both GET /me rows, each measured just before its refresh row
+    (a run without the second pair, from before it existed: the first pair alone)."""
+    again = rps("refresh_again"), rps("me_again")
+    if again[0] is None or again[1] is None:
+        return _ratio(rps("refresh"), rps("me"))
+    first = rps("refresh"), rps("me")
+    if first[0] is None or first[1] is None:
+        return None
+    return (first[0] + again[0]) / (first[1] + again[1])
+
+
 def check(backend: dict[str, Any], argon2: dict[str, Any] | None) -> list[Target]:
     """`backend` is one backend's section of the results JSON."""
     rows = {row["key"]: row for row in backend.get("rows", [])}
@@ -51,9 +64,13 @@ def check(backend: dict[str, Any], argon2: dict[str, Any] | None) -> list[Target
             0.5,
             "≥ 0.5x",
         ),
-        _at_least("refresh vs GET /me", _ratio(rps("refresh"), rps("me")), 0.3, "≥ 0.3x"),
+        _at_least("refresh vs GET /me", _refresh_vs_me(rps), 0.3, "≥ 0.3x"),
     ]
-    errors = [rows[k]["error_count"] for k in ("register", "login", "refresh") if k in rows]
+    errors = [
+        rows[k]["error_count"]
+        for k in ("register", "login", "refresh", "refresh_again")
+        if k in rows
+    ]
     found.append(
         _at_most(
             "errors, 32 concurrent register/login/refresh",

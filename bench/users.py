@@ -47,6 +47,24 @@ def keyturn_user(base_url: str) -> Callable[[str], BenchUser]:
     return register
 
 
+def fresh_refresh_tokens(base_url: str, credentials: Path, out: Path) -> Path:
+    """Each bench user logs in once more: a new session each, so a second refresh row starts
+    on chains of its own (the first row's last tokens were lost in flight when wrk stopped)."""
+
+    def log_in(line: str) -> str:
+        email, password = line.split("\t")
+        status, body = call(
+            base_url, "POST", "/auth/login", json_body={"email": email, "password": password}
+        )
+        token: str = expect(status, body, 200, f"login {email}")["refresh_token"]
+        return token
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tokens = list(pool.map(log_in, credentials.read_text().splitlines()))
+    out.write_text("".join(f"{token}\n" for token in tokens))
+    return out
+
+
 def seed_fastapi_users(python: Path, database_url: str, addresses: list[str]) -> list[BenchUser]:
     """Users and tokens straight into fastapi-users' tables (bench/apps/fastapi_users_seed.py)."""
     done = subprocess.run(
