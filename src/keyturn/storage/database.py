@@ -160,14 +160,16 @@ class _GroupCommitWriter:
                 except Exception:  # the connection failed: the whole batch must roll back
                     batch.broken = True
                 raise
-        try:
-            if while_flushing is not None:
-                # The committer, next for the lock once the batch's transactions are done,
-                # hands COMMIT to the thread in this turn; the work runs while the disk flushes.
-                await asyncio.sleep(0)
+        if while_flushing is not None:
+            # The committer, next for the lock once the batch's transactions are done, hands
+            # COMMIT to the thread in this turn; the work runs while the disk flushes.
+            await asyncio.sleep(0)
+            try:
                 while_flushing()
-        finally:
-            await asyncio.shield(batch.committed)
+            finally:
+                await asyncio.shield(batch.committed)
+            return
+        await asyncio.shield(batch.committed)
 
     async def _open(self) -> _Batch:
         loop = asyncio.get_running_loop()
