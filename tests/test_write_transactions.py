@@ -18,7 +18,7 @@ from keyturn import Keyturn
 from keyturn.errors import EmailTaken, Unavailable
 from keyturn.storage import migrate
 from keyturn.storage import users as user_store
-from keyturn.storage.database import Database
+from keyturn.storage.database import Connection, Database
 from tests.actions import PASSWORD, bearer, register
 from tests.clock import FakeClock
 from tests.conftest import settings_for
@@ -30,17 +30,21 @@ class Refused(Exception):
     pass
 
 
+async def _insert_user(conn: Connection, index: int, *, email_of: int | None = None) -> None:
+    await user_store.insert_user(
+        conn,
+        user_id=f"{index:032x}",
+        email=f"writer{index if email_of is None else email_of}@example.com",
+        name=None,
+        password_hash="x",
+        is_admin=False,
+        now=datetime.now(UTC),
+    )
+
+
 async def _insert(database: Database, index: int, *, fail: bool = False) -> None:
     async with database.write() as conn:
-        await user_store.insert_user(
-            conn,
-            user_id=f"{index:032x}",
-            email=f"writer{index}@example.com",
-            name=None,
-            password_hash="x",
-            is_admin=False,
-            now=datetime.now(UTC),
-        )
+        await _insert_user(conn, index)
         if fail:
             raise Refused()
 
@@ -74,15 +78,7 @@ async def test_work_while_flushing_runs_after_a_block_that_succeeded_before_it_r
             flushing.append(database._group._flushing is not None)  # type: ignore[union-attr]
 
     async with database.write(while_flushing=prepare) as conn:
-        await user_store.insert_user(
-            conn,
-            user_id=f"{1:032x}",
-            email="writer1@example.com",
-            name=None,
-            password_hash="x",
-            is_admin=False,
-            now=datetime.now(UTC),
-        )
+        await _insert_user(conn, 1)
         order.append("block")
     order.append("returned")
     assert order == ["block", "prepared", "returned"]
@@ -101,15 +97,7 @@ async def test_an_email_conflict_fails_only_its_own_transaction(keyturn: Keyturn
 
     async def duplicate() -> None:  # the email of index 1, under a new id
         async with database.write() as conn:
-            await user_store.insert_user(
-                conn,
-                user_id=f"{99:032x}",
-                email="writer1@example.com",
-                name=None,
-                password_hash="x",
-                is_admin=False,
-                now=datetime.now(UTC),
-            )
+            await _insert_user(conn, 99, email_of=1)
 
     results = await asyncio.gather(
         duplicate(), _insert(database, 2), _insert(database, 3), return_exceptions=True
