@@ -256,7 +256,7 @@ class SessionService:
 
         Their access tokens are signed while the commit is flushed. Under a burst of refreshes
         the loop had nothing else to do then (every other request was waiting on this commit
-        or gathering for the next), and the signature is a tenth of a refresh's CPU; a token
+        or gathering for the next), and the signature is about a tenth of a refresh's CPU; a token
         is used only once the commit is durable, as before."""
         signed: dict[str, tuple[str, int]] = {}
 
