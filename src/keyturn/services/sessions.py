@@ -100,7 +100,7 @@ class SessionService:
         self._grace = timedelta(seconds=settings.refresh_reuse_grace)
         self._rotation_secret: bytes | None = None
         # The refreshes of one turn of the event loop rotate together: in one statement on
-        # PostgreSQL; on SQLite in one `executemany`, with those that arrive while a commit is
+        # PostgreSQL; on SQLite in one statement too, with those that arrive while a commit is
         # being flushed (they would only queue behind it). Two requests with the same token in
         # one batch: with a grace period the second gets the first's answer, the same
         # successor a retry gets; without one, it is reuse.

@@ -246,10 +246,10 @@ FROM touched AS t JOIN users AS u ON u.id = t.s_user_id
 
 
 # SQLite: a rotation is one row inserted into a view whose trigger does the work, so the
-# rotations of a batch are one `executemany`, stepped inside SQLite: statements run one row at
-# a time from Python cost the event loop several times what SQLite spends on them. The view
-# and trigger are TEMP, the writer connection's own: nothing in the database file, and every
-# release defines its own. The write lock serializes writers, so each row's steps see every
+# rotations of a batch are one statement (`_ROTATE_ALL`), stepped inside SQLite: statements run
+# one row at a time from Python cost the event loop several times what SQLite spends on them.
+# The view and trigger are TEMP, the writer connection's own: nothing in the database file, and
+# every release defines its own. The write lock serializes writers, so each row's steps see every
 # earlier one (the claim's `changes()` is that row's).
 # - The claim: the token is live, and so are its session and user.
 # - The successor and the idle restart hang on the claim; a token that is not live is left as
@@ -283,11 +283,11 @@ _ROTATE_ALL = (
     + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_ROTATION_COLUMNS)))
     + " FROM json_each(?)"
 )
+# Where `_ROTATED`'s rows hold the session's id and its user's (after the successor's id).
+_SESSION_ID, _USER_ID = (1 + [c.name for c in sessions.c].index(n) for n in ("id", "user_id"))
 # What the rotations left: each successor stored, by its new id, with its session and user (its
 # hash may have been stored before: a token presented again has the same successor). Raw rows:
 # SQLAlchemy's row building cost more than the query.
-# Where `_ROTATED`'s rows hold the session's id and its user's (after the successor's id).
-_SESSION_ID, _USER_ID = (1 + [c.name for c in sessions.c].index(n) for n in ("id", "user_id"))
 _ROTATED = (
     f"SELECT t.id, {_from('s', sessions)}, {_from('u', users)} FROM refresh_tokens AS t"  # noqa: S608
     " JOIN sessions AS s ON s.id = t.session_id JOIN users AS u ON u.id = s.user_id"
@@ -359,7 +359,7 @@ async def rotate_many(
     why). Safe to repeat: a repeat finds every token already rotated.
 
     `prepare` gets that answer before the call returns: on SQLite while the commit is flushed
-    (see `Database.write`), so it must not raise.
+    (see `Database.write`: an error it raises reaches the caller after the commit).
 
     On PostgreSQL rows are locked in the order of the tokens' hashes, so two batches that share
     tokens (the same token presented to two instances) wait for each other instead of
