@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher, Type
@@ -20,9 +21,11 @@ class Argon2Bound:
     parallelism: int
     cores: int
     pool_threads: int  # keyturn's hashing pool (Settings.hash_concurrency)
-    per_second_all_cores: float
+    per_second_all_cores: float  # the mean of `all_cores_samples`
     per_second_pool: float
     seconds_per_hash: float  # one verification on an idle core
+    # Each taken with every core hashing: right before and right after the login row.
+    all_cores_samples: tuple[float, ...] = ()
 
 
 def verifications_per_second(parameters: Argon2Parameters, threads: int, seconds: float) -> float:
@@ -51,10 +54,27 @@ def verifications_per_second(parameters: Argon2Parameters, threads: int, seconds
     return sum(counts) / (time.perf_counter() - started)
 
 
-def measure(parameters: Argon2Parameters, *, cores: int, pool: int, seconds: float) -> Argon2Bound:
+def measure(
+    parameters: Argon2Parameters,
+    *,
+    cores: int,
+    pool: int,
+    seconds: float,
+    all_cores_samples: Sequence[float] = (),
+) -> Argon2Bound:
+    """The bound, with the all-cores rate from `all_cores_samples` when the caller took them
+    beside the row it compares (without them, one is taken now)."""
     single = verifications_per_second(parameters, 1, seconds)
-    all_cores = verifications_per_second(parameters, cores, seconds) if cores > 1 else single
-    pool_rate = single if pool == 1 else verifications_per_second(parameters, pool, seconds)
+    samples = tuple(all_cores_samples) or (
+        verifications_per_second(parameters, cores, seconds) if cores > 1 else single,
+    )
+    all_cores = sum(samples) / len(samples)
+    if pool == 1:
+        pool_rate = single
+    elif pool == cores:
+        pool_rate = all_cores
+    else:
+        pool_rate = verifications_per_second(parameters, pool, seconds)
     return Argon2Bound(
         memory_kib=parameters.memory_kib,
         time_cost=parameters.time_cost,
@@ -64,4 +84,5 @@ def measure(parameters: Argon2Parameters, *, cores: int, pool: int, seconds: flo
         per_second_all_cores=all_cores,
         per_second_pool=pool_rate,
         seconds_per_hash=1 / single,
+        all_cores_samples=samples,
     )

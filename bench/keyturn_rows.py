@@ -4,6 +4,7 @@ GET /me with several workers."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from bench import rows, wrk
 from bench.context import Context
 from bench.process import Server, machine_ticks, process_cpu_seconds, worker_pids
-from bench.rows import Row
+from bench.rows import Row, settle
 from bench.users import PASSWORD, LuaFiles, fresh_refresh_tokens
 
 
@@ -43,7 +44,11 @@ def baseline(ctx: Context, hello: Server, key: str = "baseline") -> Row:
     )
 
 
-def serve_rows(ctx: Context, serve: Server, files: LuaFiles) -> list[Row]:
+def serve_rows(
+    ctx: Context, serve: Server, files: LuaFiles, argon2_rate: Callable[[], float]
+) -> tuple[list[Row], tuple[float, float]]:
+    """keyturn's own rows, and the argon2 bound (`argon2_rate`, every core hashing) measured
+    right before and right after the login row."""
     me = load(ctx, serve, "bearer.lua", "/me", str(files.access_tokens), "/me")
     if ctx.plan.warmup:
         wrk.run(ctx.wrk, replace(me, duration=ctx.plan.warmup))
@@ -70,7 +75,19 @@ def serve_rows(ctx: Context, serve: Server, files: LuaFiles) -> list[Row]:
     measured += [
         rows.single(ctx.wrk, serve, me, "me_again", "GET /me (again)", "keyturn"),
         refresh(second_chains, "refresh_again", "POST /auth/refresh (again, new chains)"),
-        rows.single(ctx.wrk, serve, login, "login", "POST /auth/login (32 concurrent)", "keyturn"),
+    ]
+    # The login target divides by the bound measured beside the row, before and after it, as
+    # rows are divided by a baseline measured at the start and the end: the machine's other
+    # load moves within a run (by a quarter, in some runs), and a bound measured a minute
+    # earlier could stand on a different machine than the row.
+    settle(serve)
+    before = argon2_rate()
+    measured.append(
+        rows.single(ctx.wrk, serve, login, "login", "POST /auth/login (32 concurrent)", "keyturn")
+    )
+    settle(serve)  # its queued logins drained
+    around_login = (before, argon2_rate())
+    measured += [
         rows.single(
             ctx.wrk,
             serve,
@@ -80,7 +97,7 @@ def serve_rows(ctx: Context, serve: Server, files: LuaFiles) -> list[Row]:
             "keyturn",
         ),
     ]
-    return measured + during_logins(ctx, serve, me, login, "me", "keyturn")
+    return measured + during_logins(ctx, serve, me, login, "me", "keyturn"), around_login
 
 
 def during_logins(
