@@ -4,6 +4,7 @@ PostgreSQL look-ups made in the same turn of the event loop share one query."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any
@@ -118,3 +119,42 @@ async def test_a_cancelled_look_up_leaves_those_that_joined_it_answered(
     found = await asyncio.wait_for(asyncio.gather(*tasks[1:]), timeout=10)  # never left waiting
     assert [f[0].id for f in found if f] == ids[1:]
     assert tasks[0].cancelled()
+
+
+async def test_a_sqlite_look_up_sees_what_another_process_committed_since_its_last_read(
+    sqlite_keyturn: Keyturn,
+) -> None:
+    """The look-up skips re-reading a session while nothing was committed. A commit by any
+    connection, here a plain one as another process would hold, must end that at once."""
+    async with client_of(sqlite_keyturn) as client:
+        tokens = await register(client, name="Ada")
+        for _ in range(3):  # read, then answered from what was read
+            assert (await client.get("/me", headers=bearer(tokens))).status_code == 200
+        other = sqlite3.connect(sqlite_keyturn.database.url.split("///", 1)[1])
+        try:
+            other.execute("UPDATE sessions SET revoked_at = ?", ("2026-01-01 00:00:00.000000",))
+            other.commit()
+        finally:
+            other.close()
+        assert (await client.get("/me", headers=bearer(tokens))).status_code == 401
+
+
+async def test_the_sqlite_commit_mark_moves_with_every_commit_and_only_then(
+    sqlite_keyturn: Keyturn,
+) -> None:
+    database = sqlite_keyturn.database
+    database.commit_mark()  # the first call opens the WAL index
+    mark = database.commit_mark()
+    assert isinstance(mark, bytes)  # read from the WAL index, not with a read transaction
+    assert database.commit_mark() == mark
+    async with client_of(sqlite_keyturn) as client:
+        await register(client)  # a commit through keyturn's own writer
+    moved = database.commit_mark()
+    assert moved != mark
+    other = sqlite3.connect(database.url.split("///", 1)[1])
+    try:
+        other.execute("UPDATE users SET name = 'Grace'")
+        other.commit()
+    finally:
+        other.close()
+    assert database.commit_mark() not in (mark, moved)

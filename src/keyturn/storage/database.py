@@ -289,6 +289,24 @@ def _begin_waiting(driver: sqlite3.Connection) -> None:
         driver.execute("PRAGMA busy_timeout=0")
 
 
+_WAL_INDEX_HEADER = 48  # bytes: the first of the two copies of SQLite's WalIndexHdr
+
+
+def _open_wal_index(reader: sqlite3.Connection, path: str) -> int | None:
+    """The `-shm` file of a database in WAL mode, open for reading; None otherwise."""
+    (mode,) = reader.execute("PRAGMA journal_mode").fetchone()
+    if str(mode).lower() != "wal" or not path or path == ":memory:":
+        return None
+    try:
+        descriptor = os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if len(os.pread(descriptor, _WAL_INDEX_HEADER, 0)) < _WAL_INDEX_HEADER:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
 def _roll_back(driver: sqlite3.Connection) -> None:
     if driver.in_transaction:
         # If this fails too, SQLite has rolled back the transaction it could not finish.
@@ -313,6 +331,9 @@ class Database:
             self._writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
             self._group: _GroupCommitWriter | None = _GroupCommitWriter(url)
             self._loop_reader: sqlite3.Connection | None = None
+            # The `-shm` file, open for `commit_mark` (None: not opened yet, or not WAL).
+            self._wal_index: int | None = None
+            self._wal_index_tried = False
             self.postgres: Connections | None = None
         else:
             # The hot paths (write transactions, session look-ups) run straight on asyncpg, on
@@ -400,6 +421,35 @@ class Database:
             self._loop_reader = connection
         return self._loop_reader
 
+    def commit_mark(self) -> object:
+        """SQLite: a value that changes whenever any connection, in any process, commits; what
+        the loop reader read while it stood still holds.
+
+        In WAL mode that is SQLite's WAL-index header, the first bytes of the `-shm` file:
+        every commit rewrites it (a change counter, the last frame and their checksum), and
+        SQLite's own readers look there first too. One `pread` of it costs a sixth of
+        `PRAGMA data_version`, which begins and ends a read transaction (two file-lock system
+        calls). The file stays while this process has the database open: SQLite removes or
+        truncates it only when no connection of any process holds it. Other journal modes,
+        and a first call, answer with `PRAGMA data_version`.
+        """
+        if self._wal_index is not None:
+            try:
+                return os.pread(self._wal_index, _WAL_INDEX_HEADER, 0)
+            except OSError:
+                self._close_wal_index()
+        reader = self.loop_reader()
+        (version,) = reader.execute("PRAGMA data_version").fetchone()
+        if not self._wal_index_tried:  # the reader has now opened the WAL index, if any
+            self._wal_index_tried = True
+            self._wal_index = _open_wal_index(reader, make_url(self.url).database or "")
+        return version
+
+    def _close_wal_index(self) -> None:
+        if self._wal_index is not None:
+            os.close(self._wal_index)
+            self._wal_index = None
+
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A writer connection whose transactions the caller manages (migrations, locks)."""
@@ -464,6 +514,8 @@ class Database:
     async def dispose(self) -> None:
         if self._group is not None:
             await self._group.dispose()
+            self._close_wal_index()
+            self._wal_index_tried = False
             if self._loop_reader is not None:
                 self._loop_reader.close()
                 self._loop_reader = None

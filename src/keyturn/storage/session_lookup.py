@@ -72,9 +72,9 @@ class SessionLookup:
         # every request (that is the revocation check); only the parsing is skipped when the
         # row has not changed since.
         self._built: dict[str, tuple[tuple[Any, ...], tuple[Session, User]]] = {}
-        # SQLite: what was read while the database stood at `_version` (PRAGMA data_version,
-        # which moves whenever any other connection, in any process, commits).
-        self._version: int | None = None
+        # SQLite: what was read while the database stood at `_version` (`commit_mark`, which
+        # moves whenever any connection, in any process, commits).
+        self._version: object = None
         self._unchanged: dict[str, tuple[Session, User]] = {}
         # PostgreSQL: the look-ups of one turn of the event loop share one query.
         connections = database.postgres
@@ -92,11 +92,10 @@ class SessionLookup:
             return await session_store.get_session_and_user(conn, session_id)
 
     def _find_sqlite(self, session_id: str) -> tuple[Session, User] | None:
-        reader = self.database.loop_reader()  # a busy answer falls back to the async path
-        # The revocation check, at a third of the cost of the read: if nothing was committed
-        # since this session was last read, what was read then still holds. A commit between
-        # this and the read below only makes the next call read again.
-        (version,) = reader.execute("PRAGMA data_version").fetchone()
+        # The revocation check, at a fraction of the cost of the read: if nothing was
+        # committed since this session was last read, what was read then still holds. A commit
+        # between this and the read below only makes the next call read again.
+        version = self.database.commit_mark()
         if version == self._version:
             unchanged = self._unchanged.get(session_id)
             if unchanged is not None:
@@ -105,8 +104,9 @@ class SessionLookup:
             self._version = version
             self._unchanged.clear()
         # fetchall, not fetchone: stepping to the end resets the statement, so no read
-        # transaction (and no stale WAL snapshot) outlives this call.
-        rows = reader.execute(_SQLITE_SELECT, (session_id,)).fetchall()
+        # transaction (and no stale WAL snapshot) outlives this call. A busy answer falls
+        # back to the async path.
+        rows = self.database.loop_reader().execute(_SQLITE_SELECT, (session_id,)).fetchall()
         found = self._remember(session_id, rows[0] if rows else None, optional_sqlite_time)
         if found is not None and len(self._unchanged) < _MEMO_LIMIT:
             self._unchanged[session_id] = found
