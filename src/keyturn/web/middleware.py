@@ -19,6 +19,8 @@ from keyturn.web.problems import problem
 MAX_BODY_BYTES = 64 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
 
 # Request ids: a random prefix per process and a counter. Unique across instances and
 # restarts, as a log search needs; not secret, so not worth a getrandom system call each.
@@ -101,13 +103,14 @@ class KeyturnMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
-                headers = list(message.get("headers", []))
-                names = {k.lower() for k, _ in headers}
-                headers.append((b"x-request-id", request_id.encode("ascii")))
-                headers.append((b"x-content-type-options", b"nosniff"))
-                if b"cache-control" not in names:
+                headers = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode("ascii")),
+                    _NOSNIFF,
+                ]
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
                     # Tokens and user data must never sit in a shared or browser cache.
-                    headers.append((b"cache-control", b"no-store"))
+                    headers.append(_NO_STORE)
                 message["headers"] = headers
             await send(message)
 
