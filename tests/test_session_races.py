@@ -153,13 +153,16 @@ def test_concurrent_refreshes_across_two_server_processes_yield_exactly_one_succ
 
 
 def test_revocations_through_one_instance_are_refused_at_once_by_the_other(
-    postgres_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path
 ) -> None:
-    env = server_env(postgres_url, **short_ttls(KEYTURN_REFRESH_REUSE_GRACE="1"))
+    """On PostgreSQL, two instances; on SQLite, two processes on one file, where each
+    process's look-up answers from what it last read until anything is committed."""
+    env = server_env(database_url, **short_ttls(KEYTURN_REFRESH_REUSE_GRACE="1"))
     with two_servers(env, tmp_path) as (a, b):
         logged_out = signed_up(a)
         deleted, revoked, stolen = logged_in(b), logged_in(a), logged_in(a)
-        assert me_status(b, logged_out) == 200
+        for _ in range(3):  # on SQLite, b answers from what it read while nothing is committed
+            assert me_status(b, logged_out) == 200
 
         assert httpx.post(f"{a}/auth/logout", headers=bearer(logged_out)).status_code == 204
         assert me_status(b, logged_out) == 401
