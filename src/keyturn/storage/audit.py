@@ -209,18 +209,12 @@ async def _append_chained(
         stored_detail = encode_detail(event["detail"])
         # What verification will read back: the time in UTC, the detail as stored.
         occurred_at = event["occurred_at"].astimezone(UTC)
-        digest = canonical_hash(
-            seq=seq,
-            event_id=event_id,
-            type=event["type"],
-            occurred_at=occurred_at,
-            user_id=event["user_id"],
-            session_id=event["session_id"],
-            ip=event["ip"],
-            user_agent=event["user_agent"],
-            detail=json.loads(stored_detail) if event["detail"] else {},
-            prev_hash=prev_hash,
-        )
+        stored = {
+            **event,
+            "occurred_at": occurred_at,
+            "detail": json.loads(stored_detail) if event["detail"] else {},
+        }
+        digest = link_hash(stored, seq=seq, event_id=event_id, prev_hash=prev_hash)
         rows.append(
             (
                 event_id,
