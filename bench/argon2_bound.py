@@ -60,14 +60,12 @@ def measure(
     cores: int,
     pool: int,
     seconds: float,
-    all_cores_samples: Sequence[float] = (),
+    all_cores_samples: Sequence[float],
 ) -> Argon2Bound:
-    """The bound, with the all-cores rate from `all_cores_samples` when the caller took them
-    beside the row it compares (without them, one is taken now)."""
+    """The bound, with the all-cores rate the mean of `all_cores_samples`, which the caller took
+    beside the row it compares."""
     single = verifications_per_second(parameters, 1, seconds)
-    samples = tuple(all_cores_samples) or (
-        verifications_per_second(parameters, cores, seconds) if cores > 1 else single,
-    )
+    samples = tuple(all_cores_samples)
     all_cores = sum(samples) / len(samples)
     if pool == 1:
         pool_rate = single
