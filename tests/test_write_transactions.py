@@ -5,6 +5,7 @@ event loop (SQLite commits concurrent transactions together, see storage/databas
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from keyturn import Keyturn
 from keyturn.errors import EmailTaken, Unavailable
 from keyturn.storage import migrate
 from keyturn.storage import users as user_store
-from keyturn.storage.database import Connection, Database
+from keyturn.storage.database import WRITER_CHECKPOINT_PAGES, Connection, Database
 from tests.actions import PASSWORD, bearer, register
 from tests.clock import FakeClock
 from tests.conftest import settings_for
@@ -165,6 +166,29 @@ async def test_sqlite_writes_journal_their_savepoints_in_memory(sqlite_keyturn: 
     writer = sqlite_keyturn.database._group._driver  # type: ignore[union-attr]
     assert writer is not None
     assert writer.execute("PRAGMA temp_store").fetchone() == (2,)  # MEMORY
+
+
+def _file_and_log_sizes(path: str) -> tuple[int, int]:
+    return os.path.getsize(path), os.path.getsize(f"{path}-wal")
+
+
+async def test_the_sqlite_writer_copies_its_log_into_the_file_later_than_sqlite_would(
+    sqlite_keyturn: Keyturn,
+) -> None:
+    """A checkpoint runs inside the COMMIT that crosses the mark, and every write waits for it:
+    the group writer lets the write-ahead log grow past SQLite's 1,000 pages first."""
+    database = sqlite_keyturn.database
+    path = _file(sqlite_keyturn)
+    await _insert(database, 0)  # the writer's connection is open
+    size, _ = _file_and_log_sizes(path)
+    async with database.write() as conn:
+        for index in range(1, 20_000):
+            await _insert_user(conn, index)
+    after, log = _file_and_log_sizes(path)
+    frames = (log - 32) // (4096 + 24)  # the log's header, then a header and a page each
+    assert 1_000 < frames < WRITER_CHECKPOINT_PAGES
+    assert after == size  # nothing was copied into the database file yet
+    assert await _exists(database, 19_999)
 
 
 async def test_waiting_for_another_process_s_write_lock_leaves_the_event_loop_free(
