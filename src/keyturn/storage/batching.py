@@ -52,9 +52,9 @@ class TurnBatch(Generic[K, T, V]):
     async def submit(self, key: K, item: T) -> V | None:
         gathering = self._gathering
         if gathering is not None:  # another request's batch is gathering: join it
+            # No callback to read an error answer: the waiting task's wake-up reads it first,
+            # even when the task has been cancelled meanwhile (a test holds it).
             waiter = asyncio.get_running_loop().create_future()
-            # Retrieved even if this request is cancelled after its answer was set.
-            waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
             gathering.setdefault(key, (item, []))[1].append(waiter)
             answer = await waiter
             if answer is _AGAIN:
