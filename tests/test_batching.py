@@ -101,6 +101,7 @@ async def test_an_error_answer_its_cancelled_request_never_reads_is_not_reported
     asyncio would log that error as never retrieved (a false alarm, once per such request)."""
     loop = asyncio.get_running_loop()
     reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     tasks: list[asyncio.Task[int | None]] = []
 
@@ -114,5 +115,8 @@ async def test_an_error_answer_its_cancelled_request_never_reads_is_not_reported
     assert isinstance(leader, ValueError)
     assert isinstance(follower, asyncio.CancelledError)
     tasks.clear()
-    gc.collect()
+    try:
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
     assert reported == []
