@@ -4,11 +4,12 @@ working and its audit chain stays verifiable."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from alembic import command
 from sqlalchemy import Connection as SyncConnection
-from sqlalchemy import insert, text, update
+from sqlalchemy import event, insert, text, update
 
 from keyturn.security import opaque_tokens
 from keyturn.storage import migrate
@@ -167,3 +168,21 @@ async def test_a_retry_of_a_rotation_the_previous_release_made_gets_its_successo
         assert retried.json()["refresh_token"] == old_successor
         onward = await client.post("/auth/refresh", json={"refresh_token": old_successor})
         assert onward.status_code == 200, onward.text
+
+
+async def test_sqlite_migrates_every_revision_in_one_transaction(tmp_path: Path) -> None:
+    """Alembic does not count SQLite's DDL as transactional and commits after each revision,
+    so two commands started together on a new file took turns revision by revision, and one
+    read a revision the other had already moved past (`keyturn users promote` beside
+    `keyturn users create` failed so, now and then). In one transaction, begun with SQLite's
+    write lock, the second waits for every revision and finds the schema current."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'keyturn.db'}")
+    commits: list[object] = []
+    event.listen(database.engine.sync_engine, "commit", commits.append)
+    try:
+        await migrate.upgrade(database)
+        assert await migrate.current_revision(database) == migrate.head_revision()
+        assert len(commits) == 1
+        await migrate.upgrade(database)  # current already: nothing to do, and no error
+    finally:
+        await database.dispose()

@@ -50,6 +50,13 @@ async def upgrade(database: Database) -> None:
         if database.dialect == "postgresql":
             await connection.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
             await connection.commit()
+        else:
+            # Every revision in one transaction, begun now: it takes SQLite's write lock
+            # (BEGIN IMMEDIATE), so another process starting on the same file waits for all of
+            # them and then finds the schema current. Alembic would otherwise commit after each
+            # revision (it does not count SQLite's DDL as transactional), and two processes took
+            # turns revision by revision: one read a revision the other had moved past.
+            await connection.begin()
         try:
             await connection.run_sync(_upgrade)
             await connection.commit()
