@@ -332,7 +332,8 @@ class Database:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
-            database = parsed.database or ""
+            # The file the loop's reader and the `-shm` file of `commit_mark` are opened by.
+            self._path = database = parsed.database or ""
             if database and database != ":memory:":
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             self._reader = _sqlite_engine(url, begin="BEGIN", pool_size=8)
@@ -424,8 +425,7 @@ class Database:
         point reads). WAL readers do not wait for the writer; with a 50 ms busy timeout the
         loop is never held long, and the callers treat a busy answer as a failed read."""
         if self._loop_reader is None:
-            path = make_url(self.url).database or ""
-            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA query_only=1")
             connection.execute("PRAGMA busy_timeout=50")
             self._loop_reader = connection
@@ -452,7 +452,7 @@ class Database:
         (version,) = reader.execute("PRAGMA data_version").fetchone()
         if not self._wal_index_tried:  # the reader has now opened the WAL index, if any
             self._wal_index_tried = True
-            self._wal_index = _open_wal_index(reader, make_url(self.url).database or "")
+            self._wal_index = _open_wal_index(reader, self._path)
         return version
 
     def _close_wal_index(self) -> None:
