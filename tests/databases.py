@@ -19,6 +19,14 @@ def postgres_admin_url() -> str | None:
     return os.environ.get(POSTGRES_ENV) or None
 
 
+def sqlite_file(database_url: str) -> str:
+    """The file of a SQLite URL, for a plain `sqlite3` connection (as another process would
+    open it)."""
+    path = make_url(database_url).database
+    assert path
+    return path
+
+
 def _asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 

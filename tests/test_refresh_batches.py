@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from keyturn import Keyturn
 from keyturn.errors import InvalidRefreshToken, RefreshTokenReused
@@ -19,6 +18,7 @@ from keyturn.storage import audit as audit_store
 from keyturn.storage import sessions as session_store
 from keyturn.storage.database import Database
 from tests.actions import bearer, register
+from tests.databases import sqlite_file
 from tests.instances import client_of
 
 CLIENT = ClientInfo(ip="203.0.113.9", user_agent="batch-test")
@@ -139,9 +139,7 @@ async def test_sqlite_rotates_through_objects_of_the_writer_s_connection_alone(
         ada = await register(client, "ada@example.com")
         rotated = await sqlite_keyturn.sessions.refresh(ada["refresh_token"], CLIENT)
     assert rotated.user.email == "ada@example.com"
-    path = make_url(sqlite_keyturn.settings.database_url).database
-    assert path
-    with sqlite3.connect(path) as other:
+    with sqlite3.connect(sqlite_file(sqlite_keyturn.settings.database_url)) as other:
         names = [name for (name,) in other.execute("SELECT name FROM sqlite_master")]
     assert "refresh_tokens" in names
     assert not [name for name in names if name.startswith("keyturn_")]

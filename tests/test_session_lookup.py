@@ -18,6 +18,7 @@ from keyturn.storage.postgres import Connections
 from tests.actions import bearer, register
 from tests.clock import FakeClock
 from tests.conftest import settings_for
+from tests.databases import sqlite_file
 from tests.instances import client_of, started
 
 
@@ -130,7 +131,7 @@ async def test_a_sqlite_look_up_sees_what_another_process_committed_since_its_la
         tokens = await register(client, name="Ada")
         for _ in range(3):  # read, then answered from what was read
             assert (await client.get("/me", headers=bearer(tokens))).status_code == 200
-        other = sqlite3.connect(sqlite_keyturn.database.url.split("///", 1)[1])
+        other = sqlite3.connect(sqlite_file(sqlite_keyturn.database.url))
         try:
             other.execute("UPDATE sessions SET revoked_at = ?", ("2026-01-01 00:00:00.000000",))
             other.commit()
@@ -151,7 +152,7 @@ async def test_the_sqlite_commit_mark_moves_with_every_commit_and_only_then(
         await register(client)  # a commit through keyturn's own writer
     moved = database.commit_mark()
     assert moved != mark
-    other = sqlite3.connect(database.url.split("///", 1)[1])
+    other = sqlite3.connect(sqlite_file(database.url))
     try:
         other.execute("UPDATE users SET name = 'Grace'")
         other.commit()

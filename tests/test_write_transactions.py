@@ -23,7 +23,7 @@ from keyturn.storage.database import WRITER_CHECKPOINT_PAGES, Connection, Databa
 from tests.actions import PASSWORD, bearer, register
 from tests.clock import FakeClock
 from tests.conftest import settings_for
-from tests.databases import _asyncpg_dsn, postgres_admin_url
+from tests.databases import _asyncpg_dsn, postgres_admin_url, sqlite_file
 from tests.instances import client_of, started
 
 
@@ -109,9 +109,7 @@ async def test_an_email_conflict_fails_only_its_own_transaction(keyturn: Keyturn
 
 
 def _file(keyturn: Keyturn) -> str:
-    path = make_url(keyturn.settings.database_url).database
-    assert path
-    return path
+    return sqlite_file(keyturn.settings.database_url)
 
 
 async def test_an_answered_sqlite_write_is_in_the_file_for_any_other_connection(
