@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
 import jwt
 import pytest
 from httpx import AsyncClient
 
+from keyturn import Keyturn
+from keyturn.storage.database import Connection
 from tests.actions import PASSWORD, bearer, login, register
 
 
@@ -198,6 +204,75 @@ async def test_refresh_answers_alike_through_its_shortcut_and_fastapis_handler(
     refused = await client.post("/auth/refresh", json={"refresh_token": 12345})
     assert refused.status_code == 422
     assert refused.json()["code"] == "invalid_request"
+
+
+class _CountingWrites:
+    """The real `Database.write` and `Database.fetch_sql`, counted (all of it still reaches the
+    database)."""
+
+    def __init__(self, keyturn: Keyturn, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.transactions = 0
+        self.statements = 0
+        database = keyturn.database
+        self._write: Callable[..., AbstractAsyncContextManager[Connection]] = database.write
+        self._fetch_sql = database.fetch_sql
+        monkeypatch.setattr(database, "write", self.write)
+        monkeypatch.setattr(database, "fetch_sql", self.fetch_sql)
+
+    @asynccontextmanager
+    async def write(self, **options: Any) -> AsyncIterator[Connection]:
+        self.transactions += 1
+        async with self._write(**options) as conn:
+            yield conn
+
+    async def fetch_sql(self, sql: str, *args: Any) -> list[Any]:
+        self.statements += 1
+        return await self._fetch_sql(sql, *args)
+
+
+async def test_a_login_commits_its_session_with_its_event_in_one_statement_on_postgresql(
+    keyturn: Keyturn, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registered = await register(client)
+    writes = _CountingWrites(keyturn, monkeypatch)
+    tokens = await login(client)
+    if keyturn.database.postgres is not None:
+        assert (writes.transactions, writes.statements) == (0, 1)
+    else:
+        assert (writes.transactions, writes.statements) == (1, 0)
+    assert (await client.get("/me", headers=bearer(tokens))).status_code == 200
+    refreshed = await client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refreshed.json()["session_id"] == tokens["session_id"]
+    events, _ = await keyturn.audit.list(limit=10, type="login.succeeded")
+    assert [(e.user_id, e.session_id) for e in events] == [
+        (registered["user"]["id"], tokens["session_id"])
+    ]
+
+
+async def test_a_login_statement_run_again_after_its_answer_was_lost_writes_nothing_more(
+    keyturn: Keyturn, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Database.fetch_sql` runs a statement again on a fresh connection when the first one
+    died, which may be after its COMMIT."""
+    if keyturn.database.postgres is None:
+        pytest.skip("PostgreSQL's one-statement login")
+    registered = await register(client)
+    fetch_sql = keyturn.database.fetch_sql
+
+    async def committed_then_lost(sql: str, *args: Any) -> list[Any]:
+        await fetch_sql(sql, *args)
+        return await fetch_sql(sql, *args)
+
+    monkeypatch.setattr(keyturn.database, "fetch_sql", committed_then_lost)
+    tokens = await login(client)
+    mine = await client.get("/me/sessions", headers=bearer(tokens))
+    assert sorted(s["id"] for s in mine.json()["sessions"]) == sorted(
+        [registered["session_id"], tokens["session_id"]]
+    )
+    events, _ = await keyturn.audit.list(limit=10, type="login.succeeded")
+    assert [e.session_id for e in events] == [tokens["session_id"]]
+    refreshed = await client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refreshed.status_code == 200
 
 
 def _without_request_id(body: dict[str, object]) -> dict[str, object]:

@@ -165,23 +165,17 @@ class AccountService:
             if self.hasher.needs_rehash(user.password_hash)
             else None
         )
-        now = self.clock()
-        async with self.database.write() as conn:
-            if new_hash is not None:
+        succeeded = event(EventType.LOGIN_SUCCEEDED, now=self.clock(), client=client)
+        if new_hash is None:
+            issued = await self.sessions.open_logged_session(user, client, succeeded)
+        else:
+            async with self.database.write() as conn:
                 await user_store.update_user(conn, user.id, password_hash=new_hash)
-            issued = await self.sessions.open_session(conn, user, client, now=now)
-            await audit_store.append_events(
-                conn,
-                [
-                    event(
-                        EventType.LOGIN_SUCCEEDED,
-                        now=now,
-                        client=client,
-                        user_id=user.id,
-                        session_id=issued.session.id,
-                    )
-                ],
-            )
+                issued = await self.sessions.open_session(
+                    conn, user, client, now=succeeded["occurred_at"]
+                )
+                logged = {**succeeded, "user_id": user.id, "session_id": issued.session.id}
+                await audit_store.append_events(conn, [logged])
         await self.throttle.clear_login_failures(email)
         return issued
 

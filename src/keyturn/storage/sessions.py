@@ -98,19 +98,18 @@ def _token(row: AnyRow, start: int = 0) -> RefreshToken:
     return RefreshToken(*row[start : start + _TOKEN_WIDTH])
 
 
-async def insert_session(
-    conn: Connection,
+def new_session(
     *,
     user_id: str,
     rotation_key: bytes,
-    refresh_token_hash: str,
     now: datetime,
     expires_at: datetime,
     ends_at: datetime,
     ip: str | None,
     user_agent: str | None,
 ) -> Session:
-    record = Session(
+    """A session as it is stored when it opens (its id is known before it is written)."""
+    return Session(
         id=new_id(),
         user_id=user_id,
         rotation_key=rotation_key,
@@ -125,9 +124,65 @@ async def insert_session(
         user_agent=user_agent,
         purge_after=ends_at,
     )
+
+
+async def insert_session(conn: Connection, record: Session, refresh_token_hash: str) -> None:
+    """`record` and its first refresh token, inside the caller's transaction."""
     await conn.execute(_INSERT_SESSION, {c.name: getattr(record, c.name) for c in sessions.c})
-    await insert_refresh_token(conn, record.id, refresh_token_hash, generation=0, now=now)
-    return record
+    await insert_refresh_token(
+        conn, record.id, refresh_token_hash, generation=0, now=record.created_at
+    )
+
+
+# PostgreSQL: a session, its first refresh token and the event that opened it as one statement
+# in autocommit: one round trip where a transaction takes five (BEGIN, three inserts, COMMIT),
+# each a wake-up of the event loop and of a backend on the cores that hash passwords. The
+# token's foreign key is checked at the end of the statement, after the session's insert.
+# Every row's key is new and made here, so a statement repeated after its commit's answer was
+# lost (`Database.fetch_sql`) finds its rows there and writes nothing more.
+_AT = {c.name: f"${position}" for position, c in enumerate(sessions.c, start=1)}
+_MORE = [f"${position}" for position in range(len(_AT) + 1, len(_AT) + 9)]
+_OPEN_LOGGED_SESSION = f"""
+WITH opened AS (
+  INSERT INTO sessions ({", ".join(_AT)}) VALUES ({", ".join(_AT.values())})
+  ON CONFLICT (id) DO NOTHING
+),
+first_token AS (
+  INSERT INTO refresh_tokens (id, session_id, token_hash, generation, created_at, rotated_at)
+  VALUES ({_MORE[0]}, {_AT["id"]}, {_MORE[1]}, 0, {_AT["created_at"]}, NULL)
+  ON CONFLICT (id) DO NOTHING
+)
+INSERT INTO audit_events (id, seq, type, occurred_at, user_id, session_id, ip, user_agent, detail,
+                          prev_hash, hash)
+VALUES ({_MORE[2]}, NULL, {_MORE[3]}, {_MORE[4]}, {_AT["user_id"]}, {_AT["id"]}, {_MORE[5]},
+        {_MORE[6]}, {_MORE[7]}, NULL, NULL)
+ON CONFLICT (id) DO NOTHING
+"""  # noqa: S608
+
+
+async def open_logged_session(
+    database: Database, record: Session, refresh_token_hash: str, event: dict[str, Any]
+) -> None:
+    """`record`, its first refresh token and `event` (written for this session and its user),
+    committed together in a transaction of their own: on PostgreSQL one statement."""
+    event = {**event, "user_id": record.user_id, "session_id": record.id}
+    if database.postgres is None:
+        async with database.write() as conn:
+            await insert_session(conn, record, refresh_token_hash)
+            await append_events(conn, [event])
+        return
+    await database.fetch_sql(
+        _OPEN_LOGGED_SESSION,
+        *(getattr(record, c.name) for c in sessions.c),
+        new_id(),
+        refresh_token_hash,
+        new_id(),
+        event["type"],
+        event["occurred_at"],
+        event["ip"],
+        event["user_agent"],
+        encode_detail(event["detail"]),
+    )
 
 
 async def insert_refresh_token(
