@@ -18,7 +18,11 @@ from keyturn.storage.records import AuditEvent
 log = logging.getLogger("keyturn.audit")
 
 SEAL_BATCH = 500  # events chained per sealing transaction
-SEAL_EVERY = 0.05  # seconds between looks for unsealed events while events keep arriving
+# Seconds between looks for unsealed events while events keep arriving. A look is about six
+# round trips on PostgreSQL whatever it finds: every 50 ms, under 80 logins a second, that was
+# 0.17 ms of the event loop's CPU and 0.16 ms of PostgreSQL's per login (1.4 % of a login, on
+# the cores that hash). Readers of the chain seal first, so none of them waits for a look.
+SEAL_EVERY = 0.25
 SEAL_IDLE = 1.0  # ... and at most this long once none came
 
 
