@@ -206,6 +206,32 @@ async def test_refresh_answers_alike_through_its_shortcut_and_fastapis_handler(
     assert refused.json()["code"] == "invalid_request"
 
 
+async def test_login_answers_alike_through_its_shortcut_and_fastapis_handler(
+    client: AsyncClient,
+) -> None:
+    await register(client)
+    body = f'{{"email": "ada@example.com", "password": "{PASSWORD}"}}'
+    answers = []
+    # Plain application/json takes the shortcut; with a charset it goes through FastAPI.
+    for content_type in ("application/json", "application/json; charset=utf-8"):
+        answer = await client.post(
+            "/auth/login", content=body, headers={"content-type": content_type}
+        )
+        assert answer.status_code == 200
+        answers.append(answer)
+    fast, full = answers
+    assert list(fast.json()) == list(full.json())
+    assert fast.json()["user"] == full.json()["user"]
+    assert fast.json()["session_id"] != full.json()["session_id"]
+    for header in ("content-type", "cache-control", "x-content-type-options"):
+        assert fast.headers[header] == full.headers[header]
+    # Errors are the service's either way; what the shortcut declines keeps FastAPI's answer.
+    wrong = await client.post("/auth/login", json={"email": "ada@example.com", "password": "no"})
+    assert (wrong.status_code, wrong.json()["code"]) == (401, "invalid_credentials")
+    malformed = await client.post("/auth/login", json={"email": "not-an-address", "password": "x"})
+    assert (malformed.status_code, malformed.json()["code"]) == (422, "invalid_request")
+
+
 class _CountingWrites:
     """The real `Database.write` and `Database.fetch_sql`, counted (all of it still reaches the
     database)."""

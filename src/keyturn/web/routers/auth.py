@@ -1,10 +1,10 @@
 """/auth: register, log in, OAuth2 token endpoint, refresh, log out, revoke, re-authenticate."""
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from keyturn import errors
 from keyturn.services.context import ClientInfo
@@ -35,6 +35,8 @@ from keyturn.web.schemas import (
 
 if TYPE_CHECKING:
     from keyturn.facade import Keyturn
+
+_Body = TypeVar("_Body", bound=BaseModel)
 
 # Problems are sent as application/problem+json; the schema must be declared there, or OpenAPI
 # clients (and Schemathesis) validate nothing. `model` registers the Problem component.
@@ -80,13 +82,45 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         issued = await keyturn.accounts.register(body.email, body.password, body.name, client)
         return answer(request, response, issued)
 
-    @router.post("/login", response_model=TokenResponse)
+    def token_bytes(issued: IssuedTokens) -> Response:
+        """`answer` for a client that takes its tokens in the body, without the response
+        model's validation and serialization (the same bytes)."""
+        return Response(
+            token_json(
+                access_token=issued.access_token,
+                expires_in=issued.expires_in,
+                refresh_token=issued.refresh_token,
+                session_id=issued.session.id,
+                user_json=user_json(issued.user),
+            ),
+            media_type="application/json",
+        )
+
     async def login(
         body: LoginRequest, client: Client, request: Request, response: Response
     ) -> TokenResponse:
         await keyturn.throttle.hit(Action.LOGIN, client.ip)
         issued = await keyturn.accounts.login(body.email, body.password, client)
         return answer(request, response, issued)
+
+    async def login_shortcut(request: Request) -> Response | None:
+        """`login` for a well-formed JSON body, without FastAPI's parameter machinery; None
+        for everything else (see `shortcut_route`). Logins share the cores with the hashing
+        threads: what the event loop spends on one, the hashes lose."""
+        body = await _json_body(request, LoginRequest)
+        if body is None:
+            return None
+        client = await deps.client(request)
+        await keyturn.throttle.hit(Action.LOGIN, client.ip)
+        return token_bytes(await keyturn.accounts.login(body.email, body.password, client))
+
+    router.add_api_route(
+        "/login",
+        login,
+        methods=["POST"],
+        response_model=TokenResponse,
+        route_class_override=shortcut_route(login_shortcut),
+    )
 
     @router.post("/token", response_model=OAuthTokenResponse)
     async def token(
@@ -145,25 +179,12 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
     async def refresh_shortcut(request: Request) -> Response | None:
         """`refresh` for a JSON body with a well-formed token, called without FastAPI's
         parameter machinery; None for everything else (see `shortcut_route`)."""
-        if request.headers.get("content-type") != "application/json" or wants_cookies(request):
-            return None
-        try:
-            body = RefreshRequest.model_validate_json(await request.body())
-        except ValidationError:
+        body = await _json_body(request, RefreshRequest)
+        if body is None:
             return None
         client = await deps.client(request)
         await keyturn.throttle.hit(Action.REFRESH, client.ip)
-        issued = await keyturn.sessions.refresh(body.refresh_token, client)
-        return Response(
-            token_json(
-                access_token=issued.access_token,
-                expires_in=issued.expires_in,
-                refresh_token=issued.refresh_token,
-                session_id=issued.session.id,
-                user_json=user_json(issued.user),
-            ),
-            media_type="application/json",
-        )
+        return token_bytes(await keyturn.sessions.refresh(body.refresh_token, client))
 
     router.add_api_route(
         "/refresh",
@@ -202,6 +223,17 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         return Response(status_code=204)
 
     return router
+
+
+async def _json_body(request: Request, model: type[_Body]) -> _Body | None:
+    """A shortcut's body: plain JSON that `model` accepts, from a client that takes its tokens
+    in the body; None for anything else, which FastAPI's handler then answers."""
+    if request.headers.get("content-type") != "application/json" or wants_cookies(request):
+        return None
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError:
+        return None
 
 
 class _OAuthError(Exception):
