@@ -13,7 +13,7 @@ from typing import Any
 import fastapi.routing
 from fastapi import Request, Response
 from fastapi.datastructures import DefaultPlaceholder
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 Shortcut = Callable[[Request], Awaitable[Response | None]]
@@ -60,3 +60,22 @@ def shortcut_route(shortcut: Shortcut) -> type[APIRoute]:
             return handler
 
     return ShortcutRoute
+
+
+def add_shortcut_route(
+    router: APIRouter,
+    path: str,
+    endpoint: Callable[..., Any],
+    shortcut: Shortcut,
+    *,
+    method: str,
+    response_model: Any,
+) -> None:
+    """`endpoint` at `path`, with `shortcut` answering first (see `shortcut_route`)."""
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=[method],
+        response_model=response_model,
+        route_class_override=shortcut_route(shortcut),
+    )

@@ -18,7 +18,7 @@ from keyturn.web.cookies import (
     wants_cookies,
 )
 from keyturn.web.problems import problem_body, request_id_of
-from keyturn.web.routes import shortcut_route
+from keyturn.web.routes import add_shortcut_route
 from keyturn.web.schemas import (
     LoginRequest,
     OAuthTokenResponse,
@@ -114,12 +114,8 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         await keyturn.throttle.hit(Action.LOGIN, client.ip)
         return token_bytes(await keyturn.accounts.login(body.email, body.password, client))
 
-    router.add_api_route(
-        "/login",
-        login,
-        methods=["POST"],
-        response_model=TokenResponse,
-        route_class_override=shortcut_route(login_shortcut),
+    add_shortcut_route(
+        router, "/login", login, login_shortcut, method="POST", response_model=TokenResponse
     )
 
     @router.post("/token", response_model=OAuthTokenResponse)
@@ -186,12 +182,8 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         await keyturn.throttle.hit(Action.REFRESH, client.ip)
         return token_bytes(await keyturn.sessions.refresh(body.refresh_token, client))
 
-    router.add_api_route(
-        "/refresh",
-        refresh,
-        methods=["POST"],
-        response_model=TokenResponse,
-        route_class_override=shortcut_route(refresh_shortcut),
+    add_shortcut_route(
+        router, "/refresh", refresh, refresh_shortcut, method="POST", response_model=TokenResponse
     )
 
     @router.post("/logout", status_code=204)

@@ -11,7 +11,7 @@ from keyturn.services.sessions import Principal
 from keyturn.storage.records import User
 from keyturn.web.routers.auth import NOT_FOUND, PROBLEMS
 from keyturn.web.routers.pagination import audit_page
-from keyturn.web.routes import shortcut_route
+from keyturn.web.routes import add_shortcut_route
 from keyturn.web.schemas import (
     EmailChangeRequest,
     EventsOut,
@@ -49,13 +49,7 @@ def build_me_router(keyturn: "Keyturn") -> APIRouter:
     async def me(principal: CurrentPrincipal) -> Response:
         return answer(principal.user)
 
-    router.add_api_route(
-        "",
-        me,
-        methods=["GET"],
-        response_model=UserOut,
-        route_class_override=shortcut_route(me_shortcut),
-    )
+    add_shortcut_route(router, "", me, me_shortcut, method="GET", response_model=UserOut)
 
     @router.patch("", response_model=UserOut)
     async def update_me(
