@@ -7,6 +7,7 @@ the clock is a `FakeClock` moved by hand, so every boundary is tested to the sec
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,8 +15,10 @@ from typing import Any
 import httpx
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import update
 
-from keyturn import Settings
+from keyturn import Keyturn, Settings
+from keyturn.storage.schema import sessions
 from tests.actions import PASSWORD, bearer, login, register
 from tests.clock import FakeClock
 from tests.instances import serving, settings_from_env
@@ -189,13 +192,15 @@ async def test_an_idle_session_can_no_longer_refresh(client: AsyncClient, clock:
 
 
 async def test_an_idle_session_is_refused_on_protected_routes(
-    client: AsyncClient, clock: FakeClock
+    client: AsyncClient, keyturn: Keyturn, clock: FakeClock
 ) -> None:
     tokens = await register(client)
     clock.advance(IDLE_TTL - 1)
     assert await me_status(client, tokens) == 200  # use counts as activity too
+    await keyturn.sessions.recorded()  # written beside the request (the clock here jumps)
     clock.advance(IDLE_TTL - 1)
     assert await me_status(client, tokens) == 200
+    await keyturn.sessions.recorded()
     clock.advance(IDLE_TTL)
     response = await client.get("/me", headers=bearer(tokens))
     assert response.status_code == 401
@@ -226,7 +231,7 @@ async def test_refresh_never_extends_the_absolute_lifetime(
 
 
 async def test_last_seen_is_written_at_most_once_per_interval(
-    client: AsyncClient, clock: FakeClock, settings: Settings
+    client: AsyncClient, keyturn: Keyturn, clock: FakeClock, settings: Settings
 ) -> None:
     tokens = await register(client)
     interval = settings.session_touch_interval
@@ -243,6 +248,8 @@ async def test_last_seen_is_written_at_most_once_per_interval(
     assert at(listed["expires_at"]) == created + timedelta(seconds=IDLE_TTL)
 
     clock.advance(1)
+    assert await me_status(client, tokens) == 200
+    await keyturn.sessions.recorded()  # written beside the request, not before its answer
     (listed,) = await my_sessions(client, tokens)
     assert at(listed["last_seen_at"]) == created + timedelta(seconds=interval)
     assert at(listed["expires_at"]) == created + timedelta(seconds=interval + IDLE_TTL)
@@ -251,6 +258,27 @@ async def test_last_seen_is_written_at_most_once_per_interval(
     await refreshed(client, tokens)  # a refresh always records activity
     (listed,) = await my_sessions(client, tokens)
     assert at(listed["last_seen_at"]) == created + timedelta(seconds=interval + 7)
+
+
+async def test_a_request_that_records_activity_does_not_wait_for_the_write(
+    client: AsyncClient, keyturn: Keyturn, clock: FakeClock, settings: Settings
+) -> None:
+    """While another writer holds what the activity's write needs (SQLite's write lock, or the
+    session's row on PostgreSQL), the request is answered; the write follows once it can."""
+    tokens = await register(client)
+    (listed,) = await my_sessions(client, tokens)
+    clock.advance(settings.session_touch_interval)
+    async with keyturn.database.write() as conn:
+        await conn.execute(
+            update(sessions).where(sessions.c.id == listed["id"]).values(user_agent="held")
+        )
+        assert await asyncio.wait_for(me_status(client, tokens), timeout=5) == 200
+    await keyturn.sessions.recorded()
+    (after,) = await my_sessions(client, tokens)
+    assert at(after["last_seen_at"]) == at(listed["last_seen_at"]) + timedelta(
+        seconds=settings.session_touch_interval
+    )
+    assert after["user_agent"] == "held"
 
 
 # --- the device list -----------------------------------------------------------------------

@@ -209,6 +209,7 @@ class Keyturn:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.sessions.recorded()
         self.hasher.close()
         try:  # what this instance wrote joins the chain now, not when another one seals it
             await self.audit.seal()
