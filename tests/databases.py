@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import pytest
 from sqlalchemy.engine import make_url
+
+from keyturn.storage.database import Connection, Database
 
 POSTGRES_ENV = "KEYTURN_TEST_POSTGRES_URL"
 BACKENDS = ("sqlite", "postgresql")
@@ -25,6 +29,29 @@ def sqlite_file(database_url: str) -> str:
     path = make_url(database_url).database
     assert path
     return path
+
+
+class CountedWrites:
+    """A database's real `write` and `fetch_sql`, counted: every transaction and statement
+    still reaches the database."""
+
+    def __init__(self, database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.transactions = 0
+        self.statements: list[tuple[Any, ...]] = []  # each statement's parameters
+        self._write: Callable[..., AbstractAsyncContextManager[Connection]] = database.write
+        self._fetch_sql = database.fetch_sql
+        monkeypatch.setattr(database, "write", self.write)
+        monkeypatch.setattr(database, "fetch_sql", self.fetch_sql)
+
+    @asynccontextmanager
+    async def write(self, **options: Any) -> AsyncIterator[Connection]:
+        self.transactions += 1
+        async with self._write(**options) as conn:
+            yield conn
+
+    async def fetch_sql(self, sql: str, *args: Any) -> list[Any]:
+        self.statements.append(args)
+        return await self._fetch_sql(sql, *args)
 
 
 def _asyncpg_dsn(url: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import jwt
@@ -11,8 +9,8 @@ import pytest
 from httpx import AsyncClient
 
 from keyturn import Keyturn
-from keyturn.storage.database import Connection
 from tests.actions import PASSWORD, bearer, login, register
+from tests.databases import CountedWrites
 
 
 async def test_register_login_me_refresh_logout_journey(client: AsyncClient) -> None:
@@ -232,40 +230,16 @@ async def test_login_answers_alike_through_its_shortcut_and_fastapis_handler(
     assert (malformed.status_code, malformed.json()["code"]) == (422, "invalid_request")
 
 
-class _CountingWrites:
-    """The real `Database.write` and `Database.fetch_sql`, counted (all of it still reaches the
-    database)."""
-
-    def __init__(self, keyturn: Keyturn, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.transactions = 0
-        self.statements = 0
-        database = keyturn.database
-        self._write: Callable[..., AbstractAsyncContextManager[Connection]] = database.write
-        self._fetch_sql = database.fetch_sql
-        monkeypatch.setattr(database, "write", self.write)
-        monkeypatch.setattr(database, "fetch_sql", self.fetch_sql)
-
-    @asynccontextmanager
-    async def write(self, **options: Any) -> AsyncIterator[Connection]:
-        self.transactions += 1
-        async with self._write(**options) as conn:
-            yield conn
-
-    async def fetch_sql(self, sql: str, *args: Any) -> list[Any]:
-        self.statements += 1
-        return await self._fetch_sql(sql, *args)
-
-
 async def test_a_login_commits_its_session_with_its_event_in_one_statement_on_postgresql(
     keyturn: Keyturn, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registered = await register(client)
-    writes = _CountingWrites(keyturn, monkeypatch)
+    writes = CountedWrites(keyturn.database, monkeypatch)
     tokens = await login(client)
     if keyturn.database.postgres is not None:
-        assert (writes.transactions, writes.statements) == (0, 1)
+        assert (writes.transactions, len(writes.statements)) == (0, 1)
     else:
-        assert (writes.transactions, writes.statements) == (1, 0)
+        assert (writes.transactions, len(writes.statements)) == (1, 0)
     assert (await client.get("/me", headers=bearer(tokens))).status_code == 200
     refreshed = await client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert refreshed.json()["session_id"] == tokens["session_id"]

@@ -16,25 +16,12 @@ from keyturn.services.context import ClientInfo
 from keyturn.services.sessions import IssuedTokens
 from keyturn.storage import audit as audit_store
 from keyturn.storage import sessions as session_store
-from keyturn.storage.database import Database
 from tests.actions import bearer, register
-from tests.databases import sqlite_file
+from tests.databases import CountedWrites, sqlite_file
 from tests.instances import client_of
 
 CLIENT = ClientInfo(ip="203.0.113.9", user_agent="batch-test")
 UNKNOWN = "unknown-token-unknown-token-unknown-token-0000"
-
-
-class _CountingStatements:
-    """The real `Database.fetch_sql`, counted (every statement still reaches PostgreSQL)."""
-
-    def __init__(self, database: Database) -> None:
-        self.real = database.fetch_sql
-        self.batches: list[int] = []
-
-    async def __call__(self, sql: str, *args: Any) -> list[Any]:
-        self.batches.append(len(args[0]))
-        return await self.real(sql, *args)
 
 
 async def _refresh_all(keyturn: Keyturn, tokens: list[str]) -> list[Any]:
@@ -49,8 +36,7 @@ async def test_refreshes_made_together_each_get_their_own_answer(
     people = [await register(client, f"user{i}@example.com") for i in range(5)]
     ended = people.pop()
     assert (await client.post("/auth/logout", headers=bearer(ended))).status_code == 204
-    counting = _CountingStatements(keyturn.database)
-    monkeypatch.setattr(keyturn.database, "fetch_sql", counting)
+    counting = CountedWrites(keyturn.database, monkeypatch)
     live = [p["refresh_token"] for p in people]
     answers = await _refresh_all(keyturn, [*live, live[0], ended["refresh_token"], UNKNOWN])
 
@@ -61,7 +47,8 @@ async def test_refreshes_made_together_each_get_their_own_answer(
     assert isinstance(of_ended, InvalidRefreshToken)
     assert isinstance(unknown, InvalidRefreshToken)
     if keyturn.database.postgres is not None:
-        assert counting.batches == [6]  # one statement: six distinct tokens
+        # One statement: six distinct tokens.
+        assert [len(tokens) for tokens, *_ in counting.statements] == [6]
     # Every successor works, and a presented token, older than that now, is reuse.
     followed = await _refresh_all(keyturn, [a.refresh_token for a in rotated])
     assert [f.session.id for f in followed] == [a.session.id for a in rotated]
