@@ -353,3 +353,38 @@ def test_two_server_processes_share_one_count_in_redis(tmp_path: Path, redis_url
         keys = connection.keys("*")
     assert keys
     assert not [key for key in keys if b"ada" in key]
+
+
+async def test_a_login_without_earlier_failures_asks_redis_once_and_a_later_one_clears_them(
+    sqlite_settings: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A success clears the email's failures only when it has some: with Redis, a login is one
+    round trip to the store, not a look and a clear."""
+    async with (
+        running(
+            sqlite_settings, redis_url=redis_url, login_failure_limit=3, login_failure_window=60
+        ) as keyturn,
+        http(keyturn) as client,
+    ):
+        store = keyturn.throttle.storage
+        cleared: list[str] = []
+        clear = store.clear
+
+        async def counted_clear(key: str) -> None:
+            cleared.append(key)
+            await clear(key)
+
+        monkeypatch.setattr(store, "clear", counted_clear)
+        await register(client)
+        await login(client)
+        assert cleared == []
+
+        assert (await attempt(client, "ada@example.com")).status_code == 401
+        await login(client)
+        assert len(cleared) == 1
+        # The failure before it no longer counts: three new ones are needed for the throttle.
+        for _ in range(3):
+            assert (await attempt(client, "ada@example.com")).status_code == 401
+        assert_throttled(
+            await attempt(client, "ada@example.com", PASSWORD), "too_many_attempts", 60
+        )

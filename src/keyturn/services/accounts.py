@@ -145,7 +145,7 @@ class AccountService:
         except InvalidRequest:
             await self.hasher.verify_dummy(password)
             raise InvalidCredentials() from None
-        await self.throttle.check_login_allowed(email)
+        failed_before = await self.throttle.check_login_allowed(email)
         user = await self.database.point_read(
             lambda conn: user_store.get_user_by_email(conn, email)
         )
@@ -176,7 +176,8 @@ class AccountService:
                 )
                 logged = {**succeeded, "user_id": user.id, "session_id": issued.session.id}
                 await audit_store.append_events(conn, [logged])
-        await self.throttle.clear_login_failures(email)
+        if failed_before:
+            await self.throttle.clear_login_failures(email)
         return issued
 
     async def _login_failed(

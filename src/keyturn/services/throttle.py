@@ -72,13 +72,20 @@ class Throttle:
                     stats = await self._limiter.get_window_stats(item, str(action), key)
                     raise TooManyRequests(_seconds_until(stats.reset_time))
 
-    async def check_login_allowed(self, email: str) -> None:
-        """Refuse before any password check once an email has too many recent failures."""
-        key = _email_key(email)
+    async def check_login_allowed(self, email: str) -> bool:
+        """Refuse before any password check once an email has too many recent failures.
+
+        True when it has some: only then does a success clear them, so that a login without
+        earlier failures asks the store once (with Redis, one round trip, not two). A failure
+        recorded by a concurrent attempt after this look then stays until its window passes,
+        which errs on the strict side."""
         async with _store_errors():
-            if not await self._limiter.test(self._failures, _FAILURES, key):
-                stats = await self._limiter.get_window_stats(self._failures, _FAILURES, key)
-                raise TooManyAttempts(_seconds_until(stats.reset_time))
+            stats = await self._limiter.get_window_stats(
+                self._failures, _FAILURES, _email_key(email)
+            )
+        if stats.remaining <= 0:
+            raise TooManyAttempts(_seconds_until(stats.reset_time))
+        return stats.remaining < self._failures.amount
 
     async def record_login_failure(self, email: str) -> None:
         async with _store_errors():
