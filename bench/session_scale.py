@@ -203,22 +203,22 @@ async def _pg_scalar(database: TempDatabase, statement: str) -> int:
 
 
 LATENCY_CONNECTIONS = 4
-P99_RUNS = 5
 
 
 def _median_p99(ctx: Context, serve: Server, me: wrk.Load, key: str, label: str) -> Row:
-    """The run with the median p99 of `P99_RUNS` half-length runs. One run's p99 (its slowest
-    1 %, a few dozen requests at 4 connections) is often set by a neighbour's burst on a shared
-    machine: identical runs of the same table differed by up to 1.6x, and on another machine
-    from 1.3 to 3.5 ms, so that a median of three still put the same table on either side of
-    the other's."""
+    """The run with the median p99 of the plan's `p99_runs` half-length runs (five in the full
+    run). One run's p99 (its slowest 1 %, a few dozen requests at 4 connections) is often set
+    by a neighbour's burst on a shared machine: identical runs of the same table differed by
+    up to 1.6x, and on another machine from 1.3 to 3.5 ms, so that a median of three still put
+    the same table on either side of the other's."""
+    runs_wanted = ctx.plan.p99_runs
     short = replace(me, duration=max(1.0, me.duration / 2))
     runs = sorted(
-        (rows.single(ctx.wrk, serve, short, key, label, "keyturn") for _ in range(P99_RUNS)),
+        (rows.single(ctx.wrk, serve, short, key, label, "keyturn") for _ in range(runs_wanted)),
         key=lambda row: row.p99_ms,
     )
     p99s = ", ".join(f"{row.p99_ms:.1f}" for row in runs)
-    return replace(runs[len(runs) // 2], note=f"median p99 of {P99_RUNS} runs ({p99s} ms)")
+    return replace(runs[len(runs) // 2], note=f"median p99 of {runs_wanted} runs ({p99s} ms)")
 
 
 def measure(
