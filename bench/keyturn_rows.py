@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from bench import rows, wrk
@@ -34,60 +33,32 @@ def load(
     )
 
 
-def baseline(ctx: Context, hello: Server, key: str = "baseline") -> Row:
-    if ctx.plan.warmup:
-        warm = load(ctx, hello, "get.lua", "/hello")
-        wrk.run(ctx.wrk, replace(warm, duration=ctx.plan.warmup))
-    label = "baseline: FastAPI hello world" + (" (again)" if key != "baseline" else "")
-    return rows.single(
-        ctx.wrk, hello, load(ctx, hello, "get.lua", "/hello"), key, label, "baseline"
-    )
+def round_key(key: str, number: int) -> str:
+    """A row's key in round `number` of `rounds`: `me`, `me_2`, `me_3`, ..."""
+    return key if number == 1 else f"{key}_{number}"
 
 
 def serve_rows(
-    ctx: Context, serve: Server, files: LuaFiles, argon2_rate: Callable[[], float]
-) -> tuple[list[Row], tuple[float, float]]:
-    """keyturn's own rows, and the argon2 bound (`argon2_rate`, every core hashing) measured
-    right before and right after the login row."""
+    ctx: Context,
+    hello: Server,
+    serve: Server,
+    files: LuaFiles,
+    argon2_rate: Callable[[], float],
+) -> tuple[list[Row], tuple[float, ...]]:
+    """The baseline and keyturn's own rows, and the argon2 bound (`argon2_rate`, every core
+    hashing) measured between the login row's windows."""
     me = load(ctx, serve, "bearer.lua", "/me", str(files.access_tokens), "/me")
     if ctx.plan.warmup:
+        wrk.run(ctx.wrk, replace(load(ctx, hello, "get.lua", "/hello"), duration=ctx.plan.warmup))
         wrk.run(ctx.wrk, replace(me, duration=ctx.plan.warmup))
-    threads = str(min(ctx.plan.threads, ctx.plan.connections))
     login = load(
         ctx, serve, "login.lua", "/auth/login", str(files.credentials), "/auth/login", slow=True
     )
     register_args = (f"{ctx.run_id}k", "/auth/register", PASSWORD)
-
-    def refresh(tokens: Path, key: str, label: str) -> Row:
-        chains = load(ctx, serve, "refresh.lua", "/auth/refresh", str(tokens), threads)
-        return rows.single(ctx.wrk, serve, chains, key, label, "keyturn")
-
-    # Refresh is compared with GET /me (a target), so each refresh row follows a GET /me row
-    # and the target divides the two refresh rows by the two GET /me rows: a slower stretch of
-    # the shared machine then weighs on both sides, not on one row of one.
-    measured = [
-        rows.single(ctx.wrk, serve, me, "me", "GET /me (64 users rotating)", "keyturn"),
-        refresh(files.refresh_tokens, "refresh", "POST /auth/refresh (32 concurrent chains)"),
-    ]
-    second_chains = fresh_refresh_tokens(
-        serve.base_url, files.credentials, files.refresh_tokens.with_name("refresh_again.txt")
-    )
+    measured = rounds(ctx, hello, serve, files, me)
+    login_row, bound_samples = login_windows(ctx, serve, login, argon2_rate)
     measured += [
-        rows.single(ctx.wrk, serve, me, "me_again", "GET /me (again)", "keyturn"),
-        refresh(second_chains, "refresh_again", "POST /auth/refresh (again, new chains)"),
-    ]
-    # The login target divides by the bound measured beside the row, before and after it, as
-    # rows are divided by a baseline measured at the start and the end: the machine's other
-    # load moves within a run (by a quarter, in some runs), and a bound measured a minute
-    # earlier could stand on a different machine than the row.
-    settle(serve)
-    before = argon2_rate()
-    measured.append(
-        rows.single(ctx.wrk, serve, login, "login", "POST /auth/login (32 concurrent)", "keyturn")
-    )
-    settle(serve)  # its queued logins drained
-    around_login = (before, argon2_rate())
-    measured += [
+        login_row,
         rows.single(
             ctx.wrk,
             serve,
@@ -97,7 +68,95 @@ def serve_rows(
             "keyturn",
         ),
     ]
-    return measured + during_logins(ctx, serve, me, login, "me", "keyturn"), around_login
+    return measured + during_logins(ctx, serve, me, login, "me", "keyturn"), bound_samples
+
+
+def rounds(ctx: Context, hello: Server, serve: Server, files: LuaFiles, me: wrk.Load) -> list[Row]:
+    """The baseline, GET /me and refresh, one after the other, `plan.rounds` times.
+
+    Two targets divide one of these rows by another (GET /me by the baseline, refresh by GET
+    /me). The machine's other load moves within a run, by a quarter and more over seconds on
+    a shared host, so each is divided summed over the rounds: a slower stretch then weighs on
+    both sides of a ratio, not on one row of one. Both servers stay up, idle when not loaded.
+    """
+    plan = ctx.plan
+    hello_load = load(ctx, hello, "get.lua", "/hello")
+    threads = str(min(plan.threads, plan.connections))
+    # Each refresh row starts on chains of its own: the previous row's last tokens were lost
+    # in flight when wrk stopped. They are made before the rounds, so no round waits on hashes.
+    chains = [files.refresh_tokens] + [
+        fresh_refresh_tokens(
+            serve.base_url, files.credentials, files.refresh_tokens.with_name(f"refresh_{n}.txt")
+        )
+        for n in range(2, plan.rounds + 1)
+    ]
+    measured: list[Row] = []
+    for number, tokens in enumerate(chains, start=1):
+        again = "" if number == 1 else f"round {number}, "
+        refresh = load(ctx, serve, "refresh.lua", "/auth/refresh", str(tokens), threads)
+        for server, loaded, key, label, system in (
+            (hello, hello_load, "baseline", "baseline: FastAPI hello world", "baseline"),
+            (serve, me, "me", f"GET /me ({again}64 users rotating)", "keyturn"),
+            (
+                serve,
+                refresh,
+                "refresh",
+                f"POST /auth/refresh ({again}32 concurrent chains)",
+                "keyturn",
+            ),
+        ):
+            if number > 1 and system == "baseline":
+                label += f" (round {number})"
+            settle(hello)
+            settle(serve)
+            measured.append(
+                rows.single(
+                    ctx.wrk, server, loaded, round_key(key, number), label, system, settled=True
+                )
+            )
+    return measured
+
+
+def login_windows(
+    ctx: Context, serve: Server, login: wrk.Load, argon2_rate: Callable[[], float]
+) -> tuple[Row, tuple[float, ...]]:
+    """The login row in `plan.login_windows` windows, with the argon2 bound measured before,
+    between and after them; the row sums the windows.
+
+    The login target divides this row by the mean of those samples. A bound measured once, a
+    minute away, could stand on a different machine than the row: on a shared host argon2's
+    rate moves by a tenth from one second to the next (its memory bandwidth is shared too).
+    Each window ends with about one hash per pool thread half done, which is lost: under 1 %
+    of a window of three seconds, against keyturn.
+    """
+    plan = ctx.plan
+    window = replace(login, duration=plan.login_window)
+    samples: list[float] = []
+    results: list[wrk.Result] = []
+    cpu = rss = 0.0
+    for _ in range(plan.login_windows):
+        settle(serve)  # the previous window's queued logins drained
+        samples.append(argon2_rate())  # the server idle
+        measured, window_cpu, window_rss = rows.measure(
+            ctx.wrk, serve, {"login": window}, settled=True
+        )
+        results.append(measured["login"])
+        cpu += window_cpu
+        rss = max(rss, window_rss)
+    settle(serve)
+    samples.append(argon2_rate())
+    row = rows.row_from(
+        "login",
+        "POST /auth/login (32 concurrent)",
+        "keyturn",
+        wrk.combined(results),
+        cpu_s=cpu,
+        rss_mib=rss,
+        note=f"{len(results)} windows of {plan.login_window:.0f} s, the argon2 bound between them",
+    )
+    row.worst_p99_ms = max(r.p99_ms for r in results)
+    print(f"  {row.label:<52} {rows.describe(row)}", flush=True)
+    return row, tuple(samples)
 
 
 def during_logins(

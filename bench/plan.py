@@ -20,19 +20,22 @@ class Plan:
     audit_seconds: float  # per audit append measurement
     audit_writers: int  # concurrent appenders for "many writers"
     argon2_seconds: float  # per argon2 bound measurement
+    rounds: int  # baseline, GET /me and refresh, one after the other, this many times
+    login_windows: int  # the login row's windows, the argon2 bound measured between them
+    login_window: float  # seconds of each
     host_app: bool  # also measure a host app that mounts keyturn
     fastapi_users_on: tuple[str, ...]  # backends on which to measure the fastapi-users app
-    baseline_twice: bool  # measure the baseline again at the end (shows drift from other load)
     workers: int  # `keyturn serve --workers N` for the several-workers GET /me row
     workers_on: tuple[str, ...]  # backends on which to measure it (issue 6, item 4)
     p99_runs: int  # runs per table size whose median p99 is reported (`session_scale`)
+    p99_window: float  # seconds of each of those runs, and of each window during the cleanup
     timeout: float = 30.0  # wrk's per-request timeout: slow logins are slow, not lost
 
 
 FULL = Plan(
     name="full",
-    duration=6.0,
-    slow_duration=6.0,
+    duration=3.0,
+    slow_duration=5.0,
     warmup=2.0,
     connections=32,
     threads=2,
@@ -40,17 +43,23 @@ FULL = Plan(
     users=64,
     sessions_small=10_000,
     sessions_large=1_000_000,
-    audit_seconds=3.0,
+    audit_seconds=2.0,
     audit_writers=16,
-    argon2_seconds=3.0,
+    argon2_seconds=1.5,
+    rounds=3,
+    login_windows=3,
+    login_window=3.0,
     host_app=True,
     fastapi_users_on=("sqlite", "postgresql"),
-    baseline_twice=True,
     workers=2,
     workers_on=("postgresql",),
     p99_runs=5,
+    p99_window=3.0,
 )
 
+# A check that the harness works, in under two minutes on a slow shared machine: 126 s there
+# with 50,000 sessions and fastapi-users on SQLite (and its first install, 27 s more), where
+# it now takes about 105 s.
 QUICK = Plan(
     name="quick",
     duration=1.0,
@@ -61,14 +70,17 @@ QUICK = Plan(
     login_connections=8,
     users=64,
     sessions_small=10_000,
-    sessions_large=50_000,
+    sessions_large=30_000,
     audit_seconds=0.4,
     audit_writers=16,
     argon2_seconds=1.0,
+    rounds=1,
+    login_windows=1,
+    login_window=2.0,
     host_app=False,
-    fastapi_users_on=("sqlite",),
-    baseline_twice=False,
+    fastapi_users_on=(),  # its virtualenv alone takes half a minute to install
     workers=2,
     workers_on=("postgresql",),
-    p99_runs=3,  # a check that the harness works: 111 s with five, of the 120 allowed
+    p99_runs=3,
+    p99_window=1.0,
 )

@@ -74,8 +74,8 @@ def details(backend: dict[str, Any]) -> list[str]:
     baselines = [r["rps"] for r in backend["rows"] if r["system"] == "baseline"]
     if len(baselines) > 1:
         lines.append(
-            f"- baseline: {', '.join(f'{b:,.0f}' for b in baselines)} req/s at the start and the "
-            f"end; rows are divided by the mean, {backend['baseline_rps']:,.0f} (spread "
+            f"- baseline: {', '.join(f'{b:,.0f}' for b in baselines)} req/s, in the order "
+            f"measured; rows are divided by the mean, {backend['baseline_rps']:,.0f} (spread "
             f"{backend['baseline_spread'] * 100:.0f} %: the machine's other load)"
         )
     argon2 = backend.get("argon2")
@@ -137,7 +137,12 @@ def _when(argon2: dict[str, Any]) -> str:
     if len(samples) < 2:  # a run recorded before the bound was taken beside the login row
         return "measured just before"
     taken = ", ".join(f"{rate:.1f}" for rate in samples)
-    return f"measured right before and right after the login row ({taken}/s; their mean)"
+    if len(samples) == 2:
+        return f"measured right before and right after the login row ({taken}/s; their mean)"
+    return (
+        f"measured before, between and after the login row's {len(samples) - 1} windows "
+        f"({taken}/s; their mean)"
+    )
 
 
 def _pct(value: float | None) -> str:

@@ -93,8 +93,17 @@ def row_from(
     )
 
 
-def single(wrk_path: str, server: Server, load: wrk.Load, key: str, label: str, system: str) -> Row:
-    results, cpu, rss = measure(wrk_path, server, {key: load})
+def single(
+    wrk_path: str,
+    server: Server,
+    load: wrk.Load,
+    key: str,
+    label: str,
+    system: str,
+    *,
+    settled: bool = False,
+) -> Row:
+    results, cpu, rss = measure(wrk_path, server, {key: load}, settled=settled)
     row = row_from(key, label, system, results[key], cpu_s=cpu, rss_mib=rss)
     print(f"  {label:<52} {describe(row)}", flush=True)
     return row

@@ -30,7 +30,7 @@ from bench import targets as targets_module
 from bench.context import REPO, Context
 from bench.databases import POSTGRESQL, SQLITE, DatabaseFactory, postgres_available
 from bench.fastapi_users_rows import fastapi_users_rows
-from bench.keyturn_rows import baseline, load, mounted_rows, serve_rows, several_workers
+from bench.keyturn_rows import load, mounted_rows, serve_rows, several_workers
 from bench.plan import FULL, QUICK, Plan
 from bench.process import running
 from bench.rows import Row, settle
@@ -67,16 +67,16 @@ def run_backend(
     workers: dict[str, Any] | None = None
     database = ctx.databases.create(backend, "keyturn")
     env = ctx.keyturn_env(database)
-    with running(servers.hello(ctx)) as hello:
-        measured.append(baseline(ctx, hello))
-    phase("baseline")
     with running(servers.keyturn_serve(ctx, database)) as serve:
         users = parallel(keyturn_user(serve.base_url), emails(ctx.run_id, "k", plan.users))
         files = write_lua_files(ctx.workdir / f"keyturn-{backend}", users)
         phase(f"keyturn serve up, {len(users)} users registered")
-        keyturn_rows, around_login = serve_rows(ctx, serve, files, partial(all_cores_rate, plan))
+        with running(servers.hello(ctx)) as hello:
+            keyturn_rows, around_login = serve_rows(
+                ctx, hello, serve, files, partial(all_cores_rate, plan)
+            )
         measured += keyturn_rows
-        phase("keyturn rows (and the argon2 bound around login)")
+        phase("baseline and keyturn rows (and the argon2 bound between login windows)")
         bound = measure_argon2(plan, around_login)
         phase("argon2 bound on one core")
         if plan.host_app:
@@ -96,10 +96,6 @@ def run_backend(
         phase("sessions and cleanup")
     audit = audit_rate.measure(ctx, database, env)
     phase("audit appends")
-    if plan.baseline_twice:
-        with running(servers.hello(ctx)) as hello:
-            measured.append(baseline(ctx, hello, key="baseline_again"))
-        phase("baseline again")
     if backend not in plan.fastapi_users_on:
         skipped.append(f"fastapi-users on {backend}: not in the {plan.name} run")
     elif fastapi_users_python is None:
@@ -215,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: PostgreSQL is not reachable ({why}); measuring SQLite only.")
         skipped.append(f"PostgreSQL: not reachable ({why})")
         backends.remove(POSTGRESQL)
-    fu_python = None if args.no_fastapi_users else fastapi_users_env.ensure()
+    wanted = not args.no_fastapi_users and any(b in plan.fastapi_users_on for b in backends)
+    fu_python = fastapi_users_env.ensure() if wanted else None
     fu_missing = (
         "left out (--no-fastapi-users)"
         if args.no_fastapi_users

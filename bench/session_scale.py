@@ -206,13 +206,13 @@ LATENCY_CONNECTIONS = 4
 
 
 def _median_p99(ctx: Context, serve: Server, me: wrk.Load, key: str, label: str) -> Row:
-    """The run with the median p99 of the plan's `p99_runs` half-length runs (five in the full
+    """The run with the median p99 of the plan's `p99_runs` runs of `p99_window` (five in the full
     run). One run's p99 (its slowest 1 %, a few dozen requests at 4 connections) is often set
     by a neighbour's burst on a shared machine: identical runs of the same table differed by
     up to 1.6x, and on another machine from 1.3 to 3.5 ms, so that a median of three still put
     the same table on either side of the other's."""
     runs_wanted = ctx.plan.p99_runs
-    short = replace(me, duration=max(1.0, me.duration / 2))
+    short = replace(me, duration=ctx.plan.p99_window)
     runs = sorted(
         (rows.single(ctx.wrk, serve, short, key, label, "keyturn") for _ in range(runs_wanted)),
         key=lambda row: row.p99_ms,
@@ -263,7 +263,7 @@ def _cleanup_under_load(
     are alike (a 40-second run's p99 also catches whatever else happened in those 40 seconds):
     the row is the window with the median p99; the worst window is in its note and is what the
     absolute limit is checked against."""
-    window = replace(me, duration=max(1.0, me.duration / 2))
+    window = replace(me, duration=ctx.plan.p99_window)
     started = time.perf_counter()
     cleanup = subprocess.Popen(
         [ctx.keyturn_bin, "cleanup"],

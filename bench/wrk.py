@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -117,6 +118,24 @@ class Run:
             p99_ms=latency["p99"] / 1000,
             max_ms=latency["max"] / 1000,
         )
+
+
+def combined(results: list[Result]) -> Result:
+    """Several windows of one load as one result: requests and seconds summed, so the rate is
+    over all of them; each percentile the median window's (wrk reports no histogram to merge)."""
+    errors: dict[str, int] = {}
+    for result in results:
+        for name, count in result.errors.items():
+            errors[name] = errors.get(name, 0) + count
+    return Result(
+        requests=sum(r.requests for r in results),
+        seconds=sum(r.seconds for r in results),
+        errors=errors,
+        p50_ms=statistics.median([r.p50_ms for r in results]),
+        p90_ms=statistics.median([r.p90_ms for r in results]),
+        p99_ms=statistics.median([r.p99_ms for r in results]),
+        max_ms=max((r.max_ms for r in results), default=0.0),
+    )
 
 
 def run(wrk: str, load: Load) -> Result:
