@@ -4,6 +4,7 @@ command, the periodic task inside a real server, batches, and one runner across 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -137,6 +138,32 @@ async def test_cleanup_command_removes_ended_sessions_with_their_tokens_and_no_l
     for tokens in population.live.values():
         assert (await client.get("/me", headers=bearer(tokens))).status_code == 200
         await refreshed(client, tokens)
+
+
+async def test_the_cleanup_command_leaves_the_web_stack_unimported(database_url: str) -> None:
+    """Cron runs it beside a busy server: importing FastAPI and the services would be most of
+    its start-up CPU, for nothing it uses."""
+    script = (
+        "import sys, keyturn.cli as cli\n"
+        "code = cli.main(['cleanup'])\n"
+        "loaded = [m for m in ('fastapi', 'starlette', 'keyturn.facade', 'keyturn.web',"
+        " 'keyturn.services') if m in sys.modules]\n"
+        "print('loaded:', loaded)\n"
+        "raise SystemExit(code)\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        env=server_env(database_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    lines = stdout.decode().splitlines()
+    assert lines[0] == "removed 0 sessions and 0 refresh tokens"
+    assert lines[-1] == "loaded: []"
 
 
 async def test_cleanup_runs_in_bounded_batches_and_reports_progress(

@@ -506,5 +506,4 @@ class SessionService:
 
     async def purge_batch(self, batch_size: int) -> session_store.Purged:
         """One short transaction of cleanup."""
-        async with self.database.write() as conn:
-            return await session_store.purge_ended(conn, now=self.clock(), batch_size=batch_size)
+        return await session_store.purge_ended_batch(self.database, batch_size, now=self.clock())

@@ -527,6 +527,12 @@ class Purged(NamedTuple):
     visited: int  # sessions due: fewer than the batch size means no more are
 
 
+async def purge_ended_batch(database: Database, batch_size: int, *, now: datetime) -> Purged:
+    """One short transaction of cleanup (`tasks.purge_ended_sessions` runs them)."""
+    async with database.write() as conn:
+        return await purge_ended(conn, now=now, batch_size=batch_size)
+
+
 async def purge_ended(conn: Connection, *, now: datetime, batch_size: int) -> Purged:
     """Delete up to `batch_size` ended sessions and their tokens. A session that is due
     (`purge_after`) but still live, because refreshes moved its end on, is not deleted: its
