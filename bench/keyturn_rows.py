@@ -48,9 +48,6 @@ def serve_rows(
     """The baseline and keyturn's own rows, and the argon2 bound (`argon2_rate`, every core
     hashing) measured between the login row's windows."""
     me = load(ctx, serve, "bearer.lua", "/me", str(files.access_tokens), "/me")
-    if ctx.plan.warmup:
-        wrk.run(ctx.wrk, replace(load(ctx, hello, "get.lua", "/hello"), duration=ctx.plan.warmup))
-        wrk.run(ctx.wrk, replace(me, duration=ctx.plan.warmup))
     login = load(
         ctx, serve, "login.lua", "/auth/login", str(files.credentials), "/auth/login", slow=True
     )
@@ -81,6 +78,9 @@ def rounds(ctx: Context, hello: Server, serve: Server, files: LuaFiles, me: wrk.
     """
     plan = ctx.plan
     hello_load = load(ctx, hello, "get.lua", "/hello")
+    if plan.warmup:
+        wrk.run(ctx.wrk, replace(hello_load, duration=plan.warmup))
+        wrk.run(ctx.wrk, replace(me, duration=plan.warmup))
     threads = str(min(plan.threads, plan.connections))
     # Each refresh row starts on chains of its own: the previous row's last tokens were lost
     # in flight when wrk stopped. They are made before the rounds, so no round waits on hashes.
@@ -93,9 +93,10 @@ def rounds(ctx: Context, hello: Server, serve: Server, files: LuaFiles, me: wrk.
     measured: list[Row] = []
     for number, tokens in enumerate(chains, start=1):
         again = "" if number == 1 else f"round {number}, "
+        baseline_label = "baseline: FastAPI hello world" + (f" ({again[:-2]})" if again else "")
         refresh = load(ctx, serve, "refresh.lua", "/auth/refresh", str(tokens), threads)
         for server, loaded, key, label, system in (
-            (hello, hello_load, "baseline", "baseline: FastAPI hello world", "baseline"),
+            (hello, hello_load, "baseline", baseline_label, "baseline"),
             (serve, me, "me", f"GET /me ({again}64 users rotating)", "keyturn"),
             (
                 serve,
@@ -105,8 +106,6 @@ def rounds(ctx: Context, hello: Server, serve: Server, files: LuaFiles, me: wrk.
                 "keyturn",
             ),
         ):
-            if number > 1 and system == "baseline":
-                label += f" (round {number})"
             settle(hello)
             settle(serve)
             measured.append(
