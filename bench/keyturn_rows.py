@@ -93,7 +93,7 @@ def rounds(ctx: Context, hello: Server, serve: Server, files: LuaFiles, me: wrk.
     measured: list[Row] = []
     for number, tokens in enumerate(chains, start=1):
         again = "" if number == 1 else f"round {number}, "
-        baseline_label = "baseline: FastAPI hello world" + (f" ({again[:-2]})" if again else "")
+        baseline_label = "baseline: FastAPI hello world" + (f" (round {number})" if again else "")
         refresh = load(ctx, serve, "refresh.lua", "/auth/refresh", str(tokens), threads)
         for server, loaded, key, label, system in (
             (hello, hello_load, "baseline", baseline_label, "baseline"),
@@ -154,7 +154,7 @@ def login_windows(
         note=f"{len(results)} windows of {plan.login_window:.0f} s, the argon2 bound between them",
     )
     row.worst_p99_ms = max(r.p99_ms for r in results)
-    print(f"  {row.label:<52} {rows.describe(row)}", flush=True)
+    rows.show(row)
     return row, tuple(samples)
 
 
@@ -188,7 +188,7 @@ def during_logins(
         ),
     ]
     for row in measured:
-        print(f"  {row.label:<52} {rows.describe(row)}", flush=True)
+        rows.show(row)
     return measured
 
 
@@ -247,7 +247,7 @@ def several_workers(
     )
     ratio = row.rps / one_worker.rps if one_worker.rps else None
     shares = [s / sum(spent) for s in spent] if sum(spent) else []
-    print(f"  {row.label:<52} {rows.describe(row)}", flush=True)
+    rows.show(row)
     print(
         f"  {'':<52} {'-' if ratio is None else f'{ratio:.2f}'}x one worker; CPU split "
         + " / ".join(f"{share * 100:.0f} %" for share in shares)

@@ -105,8 +105,13 @@ def single(
 ) -> Row:
     results, cpu, rss = measure(wrk_path, server, {key: load}, settled=settled)
     row = row_from(key, label, system, results[key], cpu_s=cpu, rss_mib=rss)
-    print(f"  {label:<52} {describe(row)}", flush=True)
+    show(row)
     return row
+
+
+def show(row: Row, note: str = "") -> None:
+    """One row on the run's console, as it is measured."""
+    print(f"  {row.label:<52} {describe(row)}{note}", flush=True)
 
 
 def describe(row: Row) -> str:

@@ -302,6 +302,6 @@ def _cleanup_under_load(
         note=f"median p99 of {len(p99s)} windows ({p99s[0]:.1f} to {p99s[-1]:.1f} ms)",
         worst_p99_ms=p99s[-1],
     )
-    print(f"  {row.label:<52} {rows.describe(row)}  [{row.note}]", flush=True)
+    rows.show(row, f"  [{row.note}]")
     output = stdout if cleanup.returncode == 0 else stdout + stderr[-2000:]
     return row, seconds, output, cleanup.returncode
