@@ -73,3 +73,15 @@ def test_values_are_parsed() -> None:
     assert settings.rate_limit is None
     assert len(settings.trusted_proxies) == 2
     assert settings.cookie_secure is True
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("sqlite:///./kt.db", "sqlite+aiosqlite:///./kt.db"),
+        ("postgres://u:pw@db:5432/keyturn", "postgresql+asyncpg://u:pw@db:5432/keyturn"),
+        ("postgresql+asyncpg://u@db/keyturn", "postgresql+asyncpg://u@db/keyturn"),
+    ],
+)
+def test_common_database_url_schemes_run_on_keyturns_drivers(given: str, used: str) -> None:
+    assert load_settings({"KEYTURN_DATABASE_URL": given}).database_url == used

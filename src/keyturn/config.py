@@ -85,6 +85,17 @@ def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int = 
     return value
 
 
+# The drivers keyturn runs on, and the URL schemes people already have for the same databases
+# (a libpq-style `postgresql://`, Heroku's `postgres://`, SQLAlchemy's plain `sqlite://`).
+_DRIVERS = {
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+
+
 def _database_url(env: Mapping[str, str]) -> str:
     name = "KEYTURN_DATABASE_URL"
     raw = env.get(name, "").strip() or DEFAULT_DATABASE_URL
@@ -92,14 +103,13 @@ def _database_url(env: Mapping[str, str]) -> str:
         url = make_url(raw)
     except ArgumentError:
         raise ConfigError(name, "is not a database URL") from None
-    if url.drivername not in {"sqlite+aiosqlite", "postgresql+asyncpg", "postgresql"}:
+    driver = _DRIVERS.get(url.drivername)
+    if driver is None:
         raise ConfigError(
             name,
             f"driver {url.drivername!r} unsupported; use sqlite+aiosqlite or postgresql+asyncpg",
         )
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+asyncpg")
-    return url.render_as_string(hide_password=False)
+    return url.set(drivername=driver).render_as_string(hide_password=False)
 
 
 def _redis_url(env: Mapping[str, str]) -> str | None:
