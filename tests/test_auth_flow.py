@@ -150,6 +150,25 @@ async def test_oauth2_password_and_refresh_grants(client: AsyncClient) -> None:
     assert unsupported.json()["error"] == "unsupported_grant_type"
 
 
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        {"data": {}},
+        {"json": {"grant_type": "password", "username": "a@example.com", "password": "x"}},
+        {"data": {"grant_type": "password", "username": "a" * 400, "password": PASSWORD}},
+    ],
+    ids=["no grant_type", "a JSON body", "an oversized field"],
+)
+async def test_an_unreadable_token_request_is_an_rfc6749_invalid_request(
+    client: AsyncClient, request_body: dict[str, Any]
+) -> None:
+    answer = await client.post("/auth/token", **request_body)
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"] == "invalid_request"
+    assert PASSWORD not in answer.text
+
+
 async def test_healthz_and_readyz_answer(client: AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")

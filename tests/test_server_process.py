@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.actions import PASSWORD
 from tests.server_process import KEYTURN, free_port, running_server, server_env
@@ -82,13 +83,23 @@ def test_every_worker_of_serve_writes_access_lines(tmp_path: Path) -> None:
     assert ids <= logged
 
 
-def test_serve_refuses_an_invalid_setting_with_one_line_and_exit_2(tmp_path: Path) -> None:
-    env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}", KEYTURN_ACCESS_TOKEN_TTL="-5")
-    result = _cli("serve", "--port", str(free_port()), env=env)
+@pytest.mark.parametrize(
+    ("setting", "flags", "named"),
+    [
+        ({"KEYTURN_ACCESS_TOKEN_TTL": "-5"}, ("--port", "free"), "KEYTURN_ACCESS_TOKEN_TTL"),
+        ({"PORT": "abc"}, (), "PORT"),
+        ({}, ("--port", "99999"), "--port"),
+    ],
+)
+def test_serve_refuses_an_invalid_setting_with_one_line_and_exit_2(
+    tmp_path: Path, setting: dict[str, str], flags: tuple[str, ...], named: str
+) -> None:
+    env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}", **setting)
+    result = _cli("serve", *(str(free_port()) if f == "free" else f for f in flags), env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert "KEYTURN_ACCESS_TOKEN_TTL" in lines[0]
+    assert named in lines[0]
     assert "Traceback" not in result.stderr
 
 

@@ -12,11 +12,11 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from keyturn.config import Settings, load_settings
+from keyturn.config import Settings, listen_port, load_settings
 from keyturn.errors import ConfigError, KeyturnError
 
 T = TypeVar("T")
@@ -28,8 +28,13 @@ def _settings(host: str = "127.0.0.1", port: int = 8000) -> Settings:
     try:
         return load_settings(host=host, port=port)
     except ConfigError as error:
-        print(f"keyturn: invalid configuration: {error.detail}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        _stop(error)
+
+
+def _stop(error: ConfigError) -> NoReturn:
+    """One line naming the setting, and exit status 2 (CONTRACT section 2)."""
+    print(f"keyturn: invalid configuration: {error.detail}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG) from None
 
 
 def _with_database(settings: Settings, job: Callable[..., Awaitable[T]]) -> T:
@@ -124,7 +129,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from keyturn.logs import configure_logging
 
     host = args.host or os.environ.get("HOST") or "127.0.0.1"
-    port = args.port or int(os.environ.get("PORT") or 8000)
+    try:
+        port = listen_port(os.environ, args.port)
+    except ConfigError as error:
+        _stop(error)
     _settings(host, port)  # a bad setting stops here, with its one line and status 2
     configure_logging()
     os.environ["KEYTURN_BIND_HOST"] = host

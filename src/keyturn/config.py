@@ -85,6 +85,14 @@ def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int = 
     return value
 
 
+def listen_port(env: Mapping[str, str], flag: int | None = None) -> int:
+    """The port `keyturn serve` listens on: `--port`, else `PORT`, else 8000."""
+    name, port = ("--port", flag) if flag is not None else ("PORT", _integer(env, "PORT", 8000))
+    if not 1 <= port <= 65535:
+        raise ConfigError(name, f"must be a port number from 1 to 65535, got {port}")
+    return port
+
+
 # The drivers keyturn runs on, and the URL schemes people already have for the same databases
 # (a libpq-style `postgresql://`, Heroku's `postgres://`, SQLAlchemy's plain `sqlite://`).
 _DRIVERS = {

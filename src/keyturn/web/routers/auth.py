@@ -3,7 +3,9 @@
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from keyturn import errors
@@ -18,7 +20,7 @@ from keyturn.web.cookies import (
     wants_cookies,
 )
 from keyturn.web.problems import problem_body, request_id_of
-from keyturn.web.routes import add_shortcut_route
+from keyturn.web.routes import Handler, add_shortcut_route
 from keyturn.web.schemas import (
     LoginRequest,
     OAuthTokenResponse,
@@ -118,7 +120,6 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
         router, "/login", login, login_shortcut, method="POST", response_model=TokenResponse
     )
 
-    @router.post("/token", response_model=OAuthTokenResponse)
     async def token(
         request: Request,
         client: Client,
@@ -152,6 +153,14 @@ def build_auth_router(keyturn: "Keyturn") -> APIRouter:
             session_id=issued.session.id,
         )
         return JSONResponse(body.model_dump(), headers={"Pragma": "no-cache"})
+
+    router.add_api_route(
+        "/token",
+        token,
+        methods=["POST"],
+        response_model=OAuthTokenResponse,
+        route_class_override=_OAuthRoute,
+    )
 
     async def refresh(
         client: Client, request: Request, response: Response, body: RefreshRequest | None = None
@@ -232,6 +241,26 @@ class _OAuthError(Exception):
     def __init__(self, error: str, description: str) -> None:
         self.error = error
         self.description = description
+
+
+class _OAuthRoute(APIRoute):
+    """The token endpoint answers a request it cannot read (a missing `grant_type`, a JSON body,
+    an oversized field) as RFC 6749 section 5.2 says, `400 invalid_request`, like its other
+    errors: an OAuth client parses that body, not the 422 problem of the rest of the API."""
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+
+        async def oauth_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as error:
+                # Field names only: the values may be passwords or tokens.
+                fields = sorted({str(e["loc"][-1]) for e in error.errors() if e.get("loc")})
+                described = f"missing or invalid: {', '.join(fields)}" if fields else "unreadable"
+                return _oauth_error(request, "invalid_request", described)
+
+        return oauth_handler
 
 
 def _oauth_error(
