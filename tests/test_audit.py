@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from keyturn import Keyturn, Settings
+from keyturn.errors import AuditLogBroken
 from keyturn.services.audit import EventType, event
 from keyturn.services.context import ClientInfo
 from keyturn.storage import audit as audit_store
@@ -574,6 +575,28 @@ async def test_audit_prune_removes_old_events_and_leaves_the_rest_verifiable(
     report = await keyturn.audit.verify()
     assert report.broken is not None
     assert report.broken.event_id == first
+
+
+async def test_audit_prune_refuses_a_broken_chain_and_removes_nothing(
+    client: AsyncClient, keyturn: Keyturn, clock: FakeClock, database_url: str
+) -> None:
+    await some_history(client, clock)
+    before = await chain(keyturn)
+    tampered = before[1][0]
+    await sql(keyturn, "UPDATE audit_events SET ip = '198.51.100.1' WHERE id = :i", i=tampered)
+    clock.advance(1)
+
+    # Pruning past the changed event would delete it and re-anchor the chain after it.
+    status, output = await keyturn_cli(
+        database_url, "audit", "prune", "--before", clock().isoformat()
+    )
+    assert status == 1
+    assert tampered in output
+    assert "nothing was pruned" in output
+    with pytest.raises(AuditLogBroken):
+        await keyturn.audit.prune(clock())
+    assert await chain(keyturn) == before
+    assert (await keyturn.audit.verify()).broken.event_id == tampered  # type: ignore[union-attr]
 
 
 async def test_pruning_everything_keeps_the_chain_verifiable(

@@ -254,9 +254,7 @@ def cmd_audit_verify(_args: argparse.Namespace) -> int:
         # the whole table could recompute every hash, but not this head.
         print(f"head: seq {report.head_seq} sha256 {report.head_hash}")
         return 0
-    broken = report.broken
-    name = broken.event_id or f"(missing event, seq {broken.seq})"
-    print(f"audit log broken at event {name} (seq {broken.seq}): {broken.reason}")
+    print(report.broken)
     return 1
 
 

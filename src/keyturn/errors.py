@@ -27,6 +27,12 @@ class ConfigError(KeyturnError):
         self.variable = variable
 
 
+class AuditLogBroken(KeyturnError):
+    """The audit log's hash chain does not verify, so an operation that relies on it stopped."""
+
+    code = "audit_log_broken"
+
+
 # --- input -------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from keyturn.errors import Unavailable
+from keyturn.errors import AuditLogBroken, Unavailable
 from keyturn.services.context import ClientInfo, Clock
 from keyturn.storage import audit as audit_store
 from keyturn.storage.database import Database
@@ -87,6 +87,10 @@ class ChainBreak:
     event_id: str | None
     seq: int
     reason: str
+
+    def __str__(self) -> str:
+        name = self.event_id or f"(missing event, seq {self.seq})"
+        return f"audit log broken at event {name} (seq {self.seq}): {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +197,13 @@ class AuditService:
             return await audit_store.chain_head(conn)
 
     async def prune(self, before: datetime) -> int:
-        await self.seal()
+        """Remove the events before `before`; the first one kept anchors the chain.
+
+        Only an intact chain is pruned: pruning a broken stretch would delete the evidence and
+        anchor the chain past the break, so that `verify` passed again.
+        """
+        report = await self.verify()  # seals first
+        if report.broken is not None:
+            raise AuditLogBroken(f"{report.broken}; nothing was pruned")
         async with self.database.write() as conn:
             return await audit_store.prune_before(conn, before)
