@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from httpx import AsyncClient
 from sqlalchemy import update
@@ -220,13 +221,18 @@ async def test_refresh_never_extends_the_absolute_lifetime(
     (listed,) = await my_sessions(client, tokens)
     assert at(listed["expires_at"]) == created + timedelta(seconds=MAX_TTL)
 
+    # The last access token ends with the session, not a full TTL after its refresh: a
+    # verifier elsewhere, which cannot ask about the session, refuses it from then on too.
+    assert tokens["expires_in"] == MAX_TTL - 1500
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    assert claims["exp"] == int((created + timedelta(seconds=MAX_TTL)).timestamp())
+
     clock.advance(MAX_TTL - 1500 - 1)
     assert await me_status(client, tokens) == 200
     clock.advance(1)
     expired = await refresh(client, tokens["refresh_token"])
     assert expired.status_code == 401
     assert expired.json()["code"] == "session_expired"
-    # The access token itself is still within its `exp`; the session is what ended.
     assert await me_status(client, tokens) == 401
 
 

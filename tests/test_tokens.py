@@ -15,6 +15,7 @@ from keyturn.security.access_tokens import AccessTokenCodec
 from keyturn.security.signing_keys import KeyRing, SodiumSigner, generate_key, load_private
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(days=30)  # a session that outlives every token here
 
 
 def test_refresh_tokens_carry_256_bits_and_never_repeat() -> None:
@@ -62,7 +63,7 @@ def _ring() -> KeyRing:
 def test_access_token_has_the_contract_claims_and_kid() -> None:
     ring = _ring()
     codec = AccessTokenCodec(ring, issuer="https://auth.example", ttl=900)
-    token, ttl = codec.issue(user_id="u1", session_id="s1", now=NOW)
+    token, ttl = codec.issue(user_id="u1", session_id="s1", now=NOW, session_expires_at=LATER)
     header = jwt.get_unverified_header(token)
     assert header["kid"] == ring.signing_kid
     assert header["alg"] == "EdDSA"
@@ -70,10 +71,21 @@ def test_access_token_has_the_contract_claims_and_kid() -> None:
     assert (claims.subject, claims.session_id, ttl) == ("u1", "s1", 900)
 
 
+def test_an_access_token_never_outlives_its_sessions_absolute_end() -> None:
+    codec = AccessTokenCodec(_ring(), issuer="https://auth.example", ttl=900)
+    ends = NOW + timedelta(seconds=300)
+    token, ttl = codec.issue(user_id="u1", session_id="s1", now=NOW, session_expires_at=ends)
+    assert ttl == 300
+    # What a verifier elsewhere reads: PyJWT against the public key.
+    assert jwt.decode(token, options={"verify_signature": False})["exp"] == int(ends.timestamp())
+    with pytest.raises(Unauthorized):
+        codec.verify(token, now=ends)
+
+
 def test_expired_tampered_and_foreign_tokens_are_refused() -> None:
     ring = _ring()
     codec = AccessTokenCodec(ring, issuer="https://auth.example", ttl=900)
-    token, _ = codec.issue(user_id="u1", session_id="s1", now=NOW)
+    token, _ = codec.issue(user_id="u1", session_id="s1", now=NOW, session_expires_at=LATER)
     with pytest.raises(Unauthorized):
         AccessTokenCodec(ring, issuer="https://auth.example", ttl=900).verify(
             token, now=NOW + timedelta(seconds=900)
@@ -113,7 +125,7 @@ def test_an_unsigned_token_is_refused() -> None:
 
 def test_remembered_tokens_still_expire() -> None:
     codec = AccessTokenCodec(_ring(), issuer="https://auth.example", ttl=60)
-    token, _ = codec.issue(user_id="u1", session_id="s1", now=NOW)
+    token, _ = codec.issue(user_id="u1", session_id="s1", now=NOW, session_expires_at=LATER)
     codec.verify(token, now=NOW)
     with pytest.raises(Unauthorized):
         codec.verify(token, now=NOW + timedelta(seconds=61))

@@ -40,17 +40,21 @@ class AccessTokenCodec:
         self._verified: dict[str, AccessClaims] = {}
         self._header: tuple[str, bytes] | None = None  # kid and its encoded JOSE header
 
-    def issue(self, *, user_id: str, session_id: str, now: datetime) -> tuple[str, int]:
-        """Return a signed token and its lifetime in seconds."""
+    def issue(
+        self, *, user_id: str, session_id: str, now: datetime, session_expires_at: datetime
+    ) -> tuple[str, int]:
+        """Return a signed token and its lifetime in seconds: the configured TTL, cut short at
+        the session's absolute end, past which a verifier elsewhere must not accept it either."""
         if self.ring.signing_key is None or self.ring.signing_kid is None:
             raise RuntimeError("no signing key loaded")
         issued_at = int(now.timestamp())
+        expires_at = min(issued_at + self.ttl, int(session_expires_at.timestamp()))
         claims = {
             "iss": self.issuer,
             "sub": user_id,
             "sid": session_id,
             "iat": issued_at,
-            "exp": issued_at + self.ttl,
+            "exp": expires_at,
             "jti": new_id(),
         }
         # A compact JWS (RFC 7515 s.7.1) assembled here rather than by `jwt.encode`, whose
@@ -59,7 +63,7 @@ class AccessTokenCodec:
         signing_input = self._encoded_header() + b"." + _b64(orjson.dumps(claims))
         signature = self.ring.signing_key.sign(signing_input)
         token = (signing_input + b"." + _b64(signature)).decode("ascii")
-        return token, self.ttl
+        return token, expires_at - issued_at
 
     def _encoded_header(self) -> bytes:
         kid = self.ring.signing_kid

@@ -164,7 +164,9 @@ class SessionService:
     def _tokens(
         self, user: User, session: Session, refresh_token: str, now: datetime
     ) -> IssuedTokens:
-        access_token, expires_in = self.codec.issue(user_id=user.id, session_id=session.id, now=now)
+        access_token, expires_in = self.codec.issue(
+            user_id=user.id, session_id=session.id, now=now, session_expires_at=session.expires_at
+        )
         return IssuedTokens(access_token, expires_in, refresh_token, session, user)
 
     # --- protected requests ----------------------------------------------------------------
@@ -304,7 +306,10 @@ class SessionService:
                 # A failure here is met again after the commit, by that request alone.
                 with contextlib.suppress(Exception):
                     signed[token_hash] = self.codec.issue(
-                        user_id=user.id, session_id=session.id, now=rotations[token_hash].now
+                        user_id=user.id,
+                        session_id=session.id,
+                        now=rotations[token_hash].now,
+                        session_expires_at=session.expires_at,
                     )
 
         try:
