@@ -347,6 +347,28 @@ async def test_cli_users_promote_makes_an_existing_account_admin_at_once(
     assert [e["user_id"] for e in promoted] == [tokens["user"]["id"]]
 
 
+async def test_cli_users_disable_and_enable_need_no_administrator(
+    database_url: str, client: AsyncClient, admin: dict[str, Any]
+) -> None:
+    """The way back in when the only administrator disabled their own account."""
+    own_id = admin["user"]["id"]
+    disabled = await client.post(f"/admin/users/{own_id}/disable", headers=bearer(admin))
+    assert disabled.status_code == 200
+    refused = await client.post("/auth/login", json={"email": ADMIN_EMAIL, "password": PASSWORD})
+    assert refused.json()["code"] == "account_disabled"
+
+    status, out, err = await run_cli(database_url, "users", "enable", ADMIN_EMAIL)
+    assert status == 0, err
+    assert own_id in out
+    again = await login(client, ADMIN_EMAIL)
+    enabled = await events(client, again, type="user.enabled")
+    assert [(e["user_id"], e["detail"].get("by_user_id")) for e in enabled] == [(own_id, None)]
+
+    status, _, err = await run_cli(database_url, "users", "disable", ADMIN_EMAIL)
+    assert status == 0, err
+    assert (await client.get("/me", headers=bearer(again))).status_code == 401
+
+
 async def test_cli_account_commands_fail_with_one_clear_line(tmp_path: Path) -> None:
     """A weak password or an unknown account: exit 1, one line naming the problem, no traceback."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'keyturn.db'}"

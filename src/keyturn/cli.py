@@ -230,6 +230,19 @@ def cmd_users_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_set_disabled(args: argparse.Namespace) -> int:
+    from keyturn.facade import Keyturn
+
+    disabled = args.users_command == "disable"
+
+    async def job(keyturn: Keyturn) -> str:
+        return (await keyturn.admin.set_disabled_by_email(args.email, disabled)).id
+
+    state = "disabled, every session of it ended" if disabled else "enabled"
+    print(f"user {_with_keyturn(_settings(), job)} is {state}")
+    return 0
+
+
 def cmd_keys_rotate(_args: argparse.Namespace) -> int:
     from keyturn.facade import Keyturn
 
@@ -300,6 +313,13 @@ def parser() -> argparse.ArgumentParser:
     promote = users.add_parser("promote", help="make an account an administrator")
     promote.add_argument("email")
     promote.set_defaults(run=cmd_users_promote)
+    for command, says in (
+        ("disable", "end every session of an account and refuse its logins"),
+        ("enable", "let a disabled account log in again"),
+    ):
+        toggle = users.add_parser(command, help=says)
+        toggle.add_argument("email")
+        toggle.set_defaults(run=cmd_users_set_disabled)
 
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(
         dest="keys_command", required=True
