@@ -173,7 +173,12 @@ async def test_admin_lists_and_revokes_every_session_of_a_user(
         assert again.status_code == 401
     after = await client.get(f"/admin/users/{user_id}/sessions", headers=bearer(admin))
     assert after.json() == {"sessions": []}
-    # The admin's own session is untouched, and the user may simply log in again.
+    # The admin's own session is untouched, and marked as the one asking.
+    own = await client.get(f"/admin/users/{admin['user']['id']}/sessions", headers=bearer(admin))
+    assert [(s["id"], s["current"]) for s in own.json()["sessions"]] == [
+        (admin["session_id"], True)
+    ]
+    # The user may simply log in again.
     assert (await client.get("/me", headers=bearer(admin))).status_code == 200
     await login(client)
 

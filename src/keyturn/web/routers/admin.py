@@ -51,9 +51,10 @@ def build_admin_router(keyturn: "Keyturn") -> APIRouter:
         )
 
     @router.get("/users/{user_id}/sessions", response_model=SessionsOut, responses=NOT_FOUND)
-    async def user_sessions(user_id: str, _admin: Admin) -> SessionsOut:
+    async def user_sessions(user_id: str, admin: Admin) -> SessionsOut:
         found = await keyturn.admin.user_sessions(_user_id(user_id))
-        return SessionsOut(sessions=[SessionOut.of(s, None) for s in found])
+        # `current`: the session asking, as on /me/sessions (an admin may list their own).
+        return SessionsOut(sessions=[SessionOut.of(s, admin.session.id) for s in found])
 
     @router.delete("/users/{user_id}/sessions", status_code=204, responses=NOT_FOUND)
     async def revoke_user_sessions(user_id: str, admin: Admin, client: Client) -> Response:
