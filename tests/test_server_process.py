@@ -89,6 +89,7 @@ def test_every_worker_of_serve_writes_access_lines(tmp_path: Path) -> None:
         ({"KEYTURN_ACCESS_TOKEN_TTL": "-5"}, ("--port", "free"), "KEYTURN_ACCESS_TOKEN_TTL"),
         ({"PORT": "abc"}, (), "PORT"),
         ({}, ("--port", "99999"), "--port"),
+        ({"HOST": "999.1.1.1"}, ("--port", "free"), "HOST"),
     ],
 )
 def test_serve_refuses_an_invalid_setting_with_one_line_and_exit_2(

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from keyturn.config import Settings, listen_port, load_settings
+from keyturn.config import Settings, listen_host, listen_port, load_settings
 from keyturn.errors import ConfigError, KeyturnError
 
 T = TypeVar("T")
@@ -128,9 +128,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from keyturn.logs import configure_logging
 
-    host = args.host or os.environ.get("HOST") or "127.0.0.1"
     try:
-        port = listen_port(os.environ, args.port)
+        host, port = listen_host(os.environ, args.host), listen_port(os.environ, args.port)
     except ConfigError as error:
         _stop(error)
     _settings(host, port)  # a bad setting stops here, with its one line and status 2

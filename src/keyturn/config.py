@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -83,6 +84,17 @@ def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int = 
     if value < minimum:
         raise ConfigError(name, f"must be at least {minimum}, got {value}")
     return value
+
+
+def listen_host(env: Mapping[str, str], flag: str | None = None) -> str:
+    """The address `keyturn serve` listens on: `--host`, else `HOST`, else 127.0.0.1; a name
+    must resolve (an address that resolves but is not this machine's fails at bind)."""
+    name, host = ("--host", flag) if flag else ("HOST", env.get("HOST", "").strip() or "127.0.0.1")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise ConfigError(name, f"is not an address or a name that resolves: {host!r}") from None
+    return host
 
 
 def listen_port(env: Mapping[str, str], flag: int | None = None) -> int:
