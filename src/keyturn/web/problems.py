@@ -129,7 +129,7 @@ async def on_keyturn_error(request: Request, error: Exception) -> Response:
     return problem_for(error, request_id_of(request))
 
 
-def _field_errors(error: RequestValidationError) -> list[dict[str, str]]:
+def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
     fields = []
     for item in error.errors():
         location = [
@@ -140,15 +140,19 @@ def _field_errors(error: RequestValidationError) -> list[dict[str, str]]:
     return fields
 
 
+def invalid_fields(fields: list[dict[str, str]]) -> str:
+    """The detail of a request that failed validation: the offending fields, by name only."""
+    return f"Invalid or missing fields: {', '.join(sorted({f['field'] for f in fields}))}."
+
+
 async def on_validation_error(request: Request, error: Exception) -> Response:
     error = cast(RequestValidationError, error)
-    fields = _field_errors(error)
-    names = ", ".join(sorted({f["field"] for f in fields}))
+    fields = field_errors(error)
     return problem(
         422,
         "invalid_request",
         "Invalid request",
-        f"Invalid or missing fields: {names}.",
+        invalid_fields(fields),
         request_id=request_id_of(request),
         extra={"errors": fields},
     )

@@ -19,7 +19,7 @@ from keyturn.web.cookies import (
     set_session_cookies,
     wants_cookies,
 )
-from keyturn.web.problems import problem_body, request_id_of
+from keyturn.web.problems import field_errors, invalid_fields, problem_body, request_id_of
 from keyturn.web.routes import Handler, add_shortcut_route
 from keyturn.web.schemas import (
     LoginRequest,
@@ -255,9 +255,7 @@ class _OAuthRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as error:
-                # Field names only: the values may be passwords or tokens.
-                fields = sorted({str(e["loc"][-1]) for e in error.errors() if e.get("loc")})
-                described = f"missing or invalid: {', '.join(fields)}" if fields else "unreadable"
+                described = invalid_fields(field_errors(error))
                 return _oauth_error(request, "invalid_request", described)
 
         return oauth_handler
