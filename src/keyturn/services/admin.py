@@ -9,7 +9,7 @@ from keyturn.services.context import ClientInfo, Clock
 from keyturn.services.sessions import Principal, SessionService
 from keyturn.storage import audit as audit_store
 from keyturn.storage import users as user_store
-from keyturn.storage.database import Database
+from keyturn.storage.database import Connection, Database
 from keyturn.storage.records import Session, User
 
 
@@ -91,18 +91,14 @@ class AdminService:
         """The CLI's `users disable` and `users enable`, with no administrator acting: the way
         back in when every administrator's account has been disabled."""
         async with self.database.read() as conn:
-            user = await user_store.get_user_by_email(conn, canonical_email(email))
-        if user is None or user.is_deleted:
-            raise NotFound("No such user.")
+            user = await _existing_by_email(conn, email)
         return await self.set_disabled(None, user.id, disabled, ClientInfo())
 
     async def promote(self, email: str) -> User:
         """Make an account an administrator (the CLI's `users promote`)."""
         now = self.clock()
         async with self.database.write() as conn:
-            user = await user_store.get_user_by_email(conn, canonical_email(email))
-            if user is None or user.is_deleted:
-                raise NotFound("No such user.")
+            user = await _existing_by_email(conn, email)
             updated = await user_store.update_user(conn, user.id, is_admin=True, updated_at=now)
             await audit_store.append_events(
                 conn,
@@ -117,3 +113,11 @@ class AdminService:
                 ],
             )
         return _still_there(updated)
+
+
+async def _existing_by_email(conn: Connection, email: str) -> User:
+    """The account the CLI names by address; deleted ones are as good as unknown."""
+    user = await user_store.get_user_by_email(conn, canonical_email(email))
+    if user is None or user.is_deleted:
+        raise NotFound("No such user.")
+    return user
